@@ -1,0 +1,141 @@
+"""Exit classification: how an attempt ended -> what kind of failure, and may it be retried.
+
+Pure: the inputs are the exit status, the last output lines and what the
+supervisor knew at the time (it killed a hang, a preemption was pending, memory
+was at its limit). No I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from stalwart.types import Classification, ExitKind, ExitStatus, signal_name
+
+
+@dataclass(frozen=True)
+class ExitContext:
+    """What the supervisor knew when the attempt ended."""
+
+    attempt: int
+    uptime_s: float
+    stop_requested: bool = False
+    hang_killed: bool = False
+    preemption_pending: bool = False
+    memory_at_limit: bool = False
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A compiled line pattern and the verdict it implies."""
+
+    pattern: re.Pattern[str]
+    kind: ExitKind
+    retryable: bool
+    first_attempt_only: bool = False
+    """For user errors: fatal on the first attempt; later the same line may be transient."""
+
+
+def _rule(regex: str, kind: ExitKind, retryable: bool = True, first_only: bool = False) -> Rule:
+    return Rule(re.compile(regex), kind, retryable, first_only)
+
+
+DEFAULT_RULES: tuple[Rule, ...] = (
+    # Checkpoint loading failures: the restart policy may roll back to an older one.
+    _rule(
+        r"PytorchStreamReader failed|invalid load key|SafetensorError|"
+        r"CheckpointCorrupt|unexpected EOF, expected \d+ more bytes",
+        ExitKind.CHECKPOINT_CORRUPT,
+    ),
+    _rule(
+        r"CUDA out of memory|OutOfMemoryError|\bMemoryError\b|Cannot allocate memory|"
+        r"HIP out of memory|RESOURCE_EXHAUSTED",
+        ExitKind.OOM,
+    ),
+    _rule(
+        r"\bNCCL\b.*(error|Error|timeout|Timeout|WARN)|ncclInternalError|ncclSystemError|"
+        r"CUDA error|CUBLAS_STATUS|cudaError|CUDNN_STATUS_INTERNAL_ERROR|"
+        r"uncorrectable ECC|\bXid\b|device-side assert|"
+        r"Connection reset by peer|RendezvousTimeoutError|DistNetworkError|"
+        r"Input/output error|Stale file handle",
+        ExitKind.INFRA,
+    ),
+    _rule(
+        r"\b(SyntaxError|IndentationError|TabError|ModuleNotFoundError|ImportError)\b|"
+        r"can't open file|No module named|unrecognized arguments:|"
+        r"command not found",
+        ExitKind.USER_ERROR,
+        retryable=False,
+        first_only=True,
+    ),
+)
+
+SIGNAL_KINDS: dict[int, ExitKind] = {
+    signal.SIGBUS: ExitKind.INFRA,
+    signal.SIGSEGV: ExitKind.UNKNOWN,
+}
+
+
+def compile_rules(
+    patterns: Iterable[tuple[str, ExitKind, bool]],
+) -> tuple[Rule, ...]:
+    """User rules (regex, kind, retryable) first, then the built-in ones."""
+    return (
+        tuple(_rule(regex, kind, retryable) for regex, kind, retryable in patterns) + DEFAULT_RULES
+    )
+
+
+def _match_output(
+    tail: Sequence[str], rules: Sequence[Rule], attempt: int
+) -> Classification | None:
+    # The newest line wins: a traceback ends with the exception that killed the job,
+    # while earlier lines may mention errors that were survived.
+    for line in reversed(tail):
+        for rule in rules:
+            if rule.pattern.search(line) is None:
+                continue
+            retryable = rule.retryable
+            if rule.first_attempt_only and attempt > 0:
+                retryable = True
+            snippet = line.strip()[:200]
+            return Classification(
+                rule.kind, retryable, f"output matched {rule.kind.value}: {snippet}"
+            )
+    return None
+
+
+def classify(
+    status: ExitStatus,
+    tail: Sequence[str],
+    context: ExitContext,
+    *,
+    rules: Sequence[Rule] = DEFAULT_RULES,
+    non_retryable_exit_codes: frozenset[int] = frozenset(),
+) -> Classification:
+    """The kind of this attempt's end, whether to retry it, and why (for the journal)."""
+    described = status.describe()
+    if context.stop_requested:
+        return Classification(ExitKind.STOPPED, False, f"stopped on request ({described})")
+    if status.code == 0:
+        return Classification(ExitKind.COMPLETED, False, "exit code 0")
+    if context.hang_killed:
+        return Classification(
+            ExitKind.HANG, True, f"no heartbeat; killed by the supervisor ({described})"
+        )
+    if context.preemption_pending:
+        return Classification(ExitKind.PREEMPTED, True, f"machine is being preempted ({described})")
+    if status.code is not None and status.code in non_retryable_exit_codes:
+        return Classification(
+            ExitKind.USER_ERROR, False, f"exit code {status.code} is configured as non-retryable"
+        )
+    matched = _match_output(tail, rules, context.attempt)
+    if matched is not None:
+        return matched
+    signum = status.effective_signal
+    if signum == signal.SIGKILL and context.memory_at_limit:
+        return Classification(ExitKind.OOM, True, f"{described} with memory at its limit")
+    if signum is not None and signum in SIGNAL_KINDS:
+        return Classification(SIGNAL_KINDS[signum], True, f"{described} ({signal_name(signum)})")
+    return Classification(ExitKind.UNKNOWN, True, described)

@@ -1,0 +1,311 @@
+"""The job config: a pydantic schema at the boundary, loaded from YAML or built from options.
+
+Every field documents itself and carries its unit in its name. Unknown keys are
+errors (`extra="forbid"`), so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import signal as signals
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from stalwart.errors import ConfigError
+from stalwart.types import ExitKind
+
+MAX_CONFIG_BYTES = 1024 * 1024
+"""A config is a few KiB; anything larger is a mistake (or hostile) and is refused unread."""
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
+
+NonNegativeS = Annotated[float, Field(ge=0)]
+PositiveS = Annotated[float, Field(gt=0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class RestartConfig(_Section):
+    """When and how fast a failed trainer is relaunched."""
+
+    max_restarts: int = Field(default=10, ge=0)
+    """Relaunches allowed within `window_s`; one more failure gives up (exit 3)."""
+    window_s: PositiveS = 3600.0
+    """Sliding window over which failures spend the restart budget."""
+    backoff_initial_s: NonNegativeS = 1.0
+    """Backoff ceiling after the first consecutive failure."""
+    backoff_max_s: NonNegativeS = 300.0
+    """Cap on the backoff ceiling."""
+    backoff_multiplier: float = Field(default=2.0, ge=1.0)
+    """Growth of the backoff ceiling per consecutive failure."""
+    jitter: Literal["full", "equal", "none"] = "full"
+    """full: uniform in [0, ceiling]; equal: [ceiling/2, ceiling]; none: the ceiling."""
+    healthy_uptime_s: NonNegativeS = 600.0
+    """An attempt that ran this long resets the backoff to its initial value."""
+    started_after_s: NonNegativeS = 5.0
+    """An attempt alive this long counts as started (STARTING -> RUNNING)."""
+
+    @model_validator(mode="after")
+    def _cap_covers_initial(self) -> RestartConfig:
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ValueError(
+                f"backoff_max_s ({self.backoff_max_s}) must be >= "
+                f"backoff_initial_s ({self.backoff_initial_s})"
+            )
+        return self
+
+
+class StopConfig(_Section):
+    """How a trainer is asked to stop."""
+
+    signal: str = "SIGTERM"
+    """Signal sent to the trainer's whole process group to ask it to save and exit."""
+    grace_s: NonNegativeS = 30.0
+    """Time the trainer gets after the stop signal before SIGKILL."""
+    kill_wait_s: PositiveS = 5.0
+    """Time allowed for the kernel to reap the group after SIGKILL before giving up on it."""
+
+    @field_validator("signal")
+    @classmethod
+    def _known_signal(cls, value: str) -> str:
+        name = value.upper()
+        if not name.startswith("SIG"):
+            name = "SIG" + name
+        if name not in signals.Signals.__members__ or name in ("SIGKILL", "SIGSTOP"):
+            raise ValueError(f"unknown or uncatchable signal {value!r}; use e.g. SIGTERM or SIGINT")
+        return name
+
+    @property
+    def signum(self) -> signals.Signals:
+        return signals.Signals[self.signal]
+
+
+class OutputConfig(_Section):
+    """What happens to the trainer's stdout and stderr."""
+
+    prefix: bool = True
+    """Prefix each line with `[name#attempt]`; off passes bytes through unchanged."""
+    tail_lines: int = Field(default=50, ge=1, le=10_000)
+    """Last lines of output kept to classify a failure."""
+
+
+class PatternRule(_Section):
+    """A line pattern that decides the kind of a failure."""
+
+    regex: str
+    """Python regular expression searched in each of the last output lines."""
+    kind: ExitKind
+    """Kind assigned when it matches."""
+    retryable: bool = True
+    """Whether that failure may be retried."""
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from exc
+        return value
+
+
+class ClassifyConfig(_Section):
+    """How an attempt's end is classified (on top of the built-in rules)."""
+
+    non_retryable_exit_codes: list[Annotated[int, Field(ge=1, le=255)]] = []
+    """Exit codes that mean the job cannot succeed by retrying (exit 3 at once)."""
+    patterns: list[PatternRule] = []
+    """Rules tried before the built-in ones, newest output line first."""
+
+
+class CheckpointConfig(_Section):
+    """Where the trainer writes checkpoints."""
+
+    dir: Path | None = None
+    """Checkpoint directory (STALWART_CKPT_DIR); default `<state_dir>/checkpoints`."""
+    interval_s: PositiveS = 1800.0
+    """Checkpoint interval advised to the trainer until measurements say better."""
+
+
+class JobConfig(_Section):
+    """One supervised training job."""
+
+    name: str = "default"
+    """Job name: keys the state directory, the lock and the journal."""
+    command: list[str] = Field(min_length=1)
+    """The training command, as a list or a shell-like string (no shell is run)."""
+    cwd: Path | None = None
+    """Working directory of the trainer; default the supervisor's."""
+    env: dict[str, str] = {}
+    """Extra environment variables for the trainer."""
+    state_dir: Path | None = None
+    """Journal, run id and lock; default $STATE_DIRECTORY or ./.stalwart/<name>."""
+    restart: RestartConfig = RestartConfig()
+    stop: StopConfig = StopConfig()
+    output: OutputConfig = OutputConfig()
+    classify: ClassifyConfig = ClassifyConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        if not re.match(NAME_PATTERN, value):
+            raise ValueError(
+                "must be 1-64 characters of letters, digits, '_', '.', '@', '-', "
+                "starting with a letter or digit"
+            )
+        return value
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _split_string(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return shlex.split(value)
+        return value
+
+    @field_validator("command")
+    @classmethod
+    def _nonempty_program(cls, value: list[str]) -> list[str]:
+        if not value[0].strip():
+            raise ValueError("the program (first element) is empty")
+        return value
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str] | None:
+    """The keys allowed at the parent of `loc`, for 'unknown key' messages."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = current.model_fields.get(part)
+        if field is None:
+            return None
+        annotation = field.annotation
+        args = getattr(annotation, "__args__", ())
+        candidates = [annotation, *args]
+        current = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
+        if current is None:
+            return None
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return sorted(current.model_fields)
+    return None
+
+
+def _describe(error: Any) -> str:
+    loc: tuple[int | str, ...] = tuple(error["loc"])
+    path = ".".join(str(p) for p in loc) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        allowed = _allowed_keys(JobConfig, loc)
+        hint = f"; allowed keys: {', '.join(allowed)}" if allowed else ""
+        return f"{path}: unknown key{hint}"
+    if error["type"] == "missing":
+        return f"{path}: required key is missing"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{path}: {message} (got {error.get('input')!r})"
+
+
+def validate(data: Any, source: str) -> JobConfig:
+    """Validate raw data into a JobConfig, or raise ConfigError naming every problem."""
+    if not isinstance(data, dict):
+        raise ConfigError(
+            source, [f"top level must be a mapping of keys, got {type(data).__name__}"]
+        )
+    try:
+        return JobConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, [_describe(e) for e in exc.errors()]) from None
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping with a size cap; errors name the file and the line."""
+    source = str(path)
+    try:
+        size_bytes = path.stat().st_size
+        if size_bytes > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                source,
+                [f"file is {size_bytes} bytes; a config may be at most {MAX_CONFIG_BYTES} bytes"],
+            )
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(source, [f"cannot read: {exc.strerror or exc}"]) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(source, [f"file exceeds {MAX_CONFIG_BYTES} bytes"])
+    try:
+        data = yaml.safe_load(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(source, [f"not UTF-8 text: {exc}"]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, [f"not valid YAML: {exc}"]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            source, [f"top level must be a mapping of keys, got {type(data).__name__}"]
+        )
+    return data
+
+
+def _set_path(data: dict[str, Any], key_path: str, value: Any) -> None:
+    node = data
+    parts = key_path.strip().split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError("--set", [f"{key_path}: {part} is not a section"])
+        node = child
+    node[parts[-1]] = value
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one `key.path=value` (value parsed as YAML) to raw config data."""
+    key_path, sep, raw_value = assignment.partition("=")
+    if not sep or not key_path.strip():
+        raise ConfigError("--set", [f"{assignment!r}: expected KEY.PATH=VALUE"])
+    try:
+        value = yaml.safe_load(raw_value) if raw_value.strip() else raw_value
+    except yaml.YAMLError as exc:
+        raise ConfigError("--set", [f"{key_path}: value is not valid YAML: {exc}"]) from None
+    _set_path(data, key_path, value)
+
+
+def load(
+    path: Path | None,
+    *,
+    command: list[str] | None = None,
+    overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
+) -> JobConfig:
+    """The effective config: file (if any), then `base` options, then `--set`s, then command."""
+    data: dict[str, Any] = read_yaml(path) if path is not None else {}
+    source = str(path) if path is not None else "command line"
+    for key, value in (base or {}).items():
+        if value is not None:
+            _set_path(data, key, value)
+    for assignment in overrides or []:
+        apply_override(data, assignment)
+    if command:
+        data["command"] = list(command)
+    if "command" not in data:
+        raise ConfigError(
+            source,
+            [
+                "command: required key is missing; "
+                "give it in the file or after `--` on the command line"
+            ],
+        )
+    return validate(data, source)
+
+
+def dump(config: JobConfig) -> str:
+    """The effective config as YAML, every default spelled out."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,250 @@
+"""The journal: an SQLite file (WAL) in the state directory, the job's memory across
+attempts, supervisor restarts and reboots.
+
+Schema changes are appended to MIGRATIONS, never edited: `PRAGMA user_version`
+says how many have been applied.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from stalwart.types import Classification, ExitKind, ExitStatus
+
+logger = logging.getLogger(__name__)
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE runs (
+        run_id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        command TEXT NOT NULL,
+        status TEXT NOT NULL,
+        started_unix REAL NOT NULL,
+        ended_unix REAL
+    );
+    CREATE TABLE attempts (
+        id INTEGER PRIMARY KEY,
+        run_id TEXT NOT NULL REFERENCES runs(run_id),
+        attempt INTEGER NOT NULL,
+        pid INTEGER,
+        started_unix REAL NOT NULL,
+        ended_unix REAL,
+        exit_code INTEGER,
+        signal INTEGER,
+        kind TEXT,
+        retryable INTEGER,
+        reason TEXT,
+        uptime_s REAL,
+        resume_from TEXT,
+        decision TEXT,
+        UNIQUE (run_id, attempt)
+    );
+    CREATE INDEX attempts_by_run ON attempts(run_id, attempt);
+    """,
+)
+
+INTERRUPTED_REASON = "supervisor stopped during this attempt (killed or machine restarted)"
+
+
+class RunStatus:
+    ACTIVE = "active"
+    COMPLETED = "completed"
+    GAVE_UP = "gave_up"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    run_id: str
+    attempt: int
+    pid: int | None
+    started_unix: float
+    ended_unix: float | None
+    exit_code: int | None
+    signal: int | None
+    kind: str | None
+    retryable: bool | None
+    reason: str | None
+    uptime_s: float | None
+    resume_from: str | None
+    decision: str | None
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    run_id: str
+    name: str
+    command: list[str]
+    status: str
+    started_unix: float
+    ended_unix: float | None
+
+
+class Journal:
+    """One connection to the journal file. Every write is its own durable transaction."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, timeout=5.0)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a record the supervisor acted on must survive a power cut.
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._migrate()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _migrate(self) -> None:
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        if version > len(MIGRATIONS):
+            raise RuntimeError(
+                f"journal {self.path} has schema version {version}, newer than this stalwart "
+                f"understands ({len(MIGRATIONS)}); upgrade stalwart or use another --state-dir"
+            )
+        for index in range(version, len(MIGRATIONS)):
+            self._db.execute("BEGIN IMMEDIATE")
+            # executescript() would commit on its own; run statement by statement instead.
+            for statement in MIGRATIONS[index].split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+            self._db.execute(f"PRAGMA user_version={index + 1}")
+            self._db.execute("COMMIT")
+
+    # runs
+
+    def active_run(self, name: str) -> RunRecord | None:
+        row = self._db.execute(
+            "SELECT run_id, name, command, status, started_unix, ended_unix FROM runs "
+            "WHERE name = ? AND status = ? ORDER BY started_unix DESC LIMIT 1",
+            (name, RunStatus.ACTIVE),
+        ).fetchone()
+        return _run(row) if row else None
+
+    def start_run(self, name: str, command: Sequence[str], now_unix: float) -> RunRecord:
+        """Reuse the job's active run (same id across attempts and reboots) or begin one."""
+        active = self.active_run(name)
+        if active is not None:
+            return active
+        run_id = uuid.uuid4().hex[:16]
+        self._db.execute(
+            "INSERT INTO runs (run_id, name, command, status, started_unix) VALUES (?, ?, ?, ?, ?)",
+            (run_id, name, json.dumps(list(command)), RunStatus.ACTIVE, now_unix),
+        )
+        return RunRecord(run_id, name, list(command), RunStatus.ACTIVE, now_unix, None)
+
+    def end_run(self, run_id: str, status: str, now_unix: float) -> None:
+        self._db.execute(
+            "UPDATE runs SET status = ?, ended_unix = ? WHERE run_id = ?",
+            (status, now_unix, run_id),
+        )
+
+    def runs(self, name: str | None = None) -> list[RunRecord]:
+        query = "SELECT run_id, name, command, status, started_unix, ended_unix FROM runs"
+        params: tuple[str, ...] = ()
+        if name is not None:
+            query += " WHERE name = ?"
+            params = (name,)
+        return [_run(row) for row in self._db.execute(query + " ORDER BY started_unix", params)]
+
+    # attempts
+
+    def next_attempt(self, run_id: str) -> int:
+        (highest,) = self._db.execute(
+            "SELECT MAX(attempt) FROM attempts WHERE run_id = ?", (run_id,)
+        ).fetchone()
+        return 0 if highest is None else int(highest) + 1
+
+    def close_interrupted(self, run_id: str, now_unix: float) -> int:
+        """Attempts left open by a supervisor that died: record them as interrupted."""
+        cursor = self._db.execute(
+            "UPDATE attempts SET ended_unix = ?, kind = ?, retryable = 1, reason = ? "
+            "WHERE run_id = ? AND ended_unix IS NULL",
+            (now_unix, ExitKind.UNKNOWN.value, INTERRUPTED_REASON, run_id),
+        )
+        return cursor.rowcount
+
+    def start_attempt(
+        self, run_id: str, attempt: int, pid: int | None, now_unix: float, resume_from: str
+    ) -> None:
+        self._db.execute(
+            "INSERT INTO attempts (run_id, attempt, pid, started_unix, resume_from) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (run_id, attempt, pid, now_unix, resume_from),
+        )
+
+    def end_attempt(
+        self,
+        run_id: str,
+        attempt: int,
+        *,
+        now_unix: float,
+        status: ExitStatus | None,
+        verdict: Classification,
+        uptime_s: float,
+        decision: str,
+    ) -> None:
+        self._db.execute(
+            "UPDATE attempts SET ended_unix = ?, exit_code = ?, signal = ?, kind = ?, "
+            "retryable = ?, reason = ?, uptime_s = ?, decision = ? "
+            "WHERE run_id = ? AND attempt = ?",
+            (
+                now_unix,
+                status.code if status else None,
+                status.signal if status else None,
+                verdict.kind.value,
+                int(verdict.retryable),
+                verdict.reason,
+                uptime_s,
+                decision,
+                run_id,
+                attempt,
+            ),
+        )
+
+    def attempts(self, run_id: str | None = None) -> list[AttemptRecord]:
+        query = (
+            "SELECT run_id, attempt, pid, started_unix, ended_unix, exit_code, signal, kind, "
+            "retryable, reason, uptime_s, resume_from, decision FROM attempts"
+        )
+        params: tuple[str, ...] = ()
+        if run_id is not None:
+            query += " WHERE run_id = ?"
+            params = (run_id,)
+        rows = self._db.execute(query + " ORDER BY started_unix, attempt", params)
+        return [
+            AttemptRecord(
+                row[0],
+                row[1],
+                row[2],
+                row[3],
+                row[4],
+                row[5],
+                row[6],
+                row[7],
+                None if row[8] is None else bool(row[8]),
+                row[9],
+                row[10],
+                row[11],
+                row[12],
+            )
+            for row in rows
+        ]
+
+
+def _run(row: tuple[str, str, str, str, float, float | None]) -> RunRecord:
+    return RunRecord(row[0], row[1], json.loads(row[2]), row[3], row[4], row[5])

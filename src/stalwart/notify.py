@@ -1,0 +1,98 @@
+"""The notify protocol (trainer -> supervisor): datagrams of KEY=VALUE lines.
+
+`parse` is pure; `NotifySocket` is the thin shell that receives datagrams.
+Unknown keys are ignored; malformed lines are counted, logged once, never fatal.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+MAX_DATAGRAM_BYTES = 64 * 1024
+INT_KEYS = frozenset({"READY", "STEP", "CKPT_BEGIN", "CKPT_BYTES", "DONE"})
+FLOAT_KEYS = frozenset({"CKPT_STALL_S", "CKPT_PERSIST_S"})
+TEXT_KEYS = frozenset({"STATUS", "CKPT_DONE"})
+KNOWN_KEYS = INT_KEYS | FLOAT_KEYS | TEXT_KEYS
+
+
+@dataclass(frozen=True)
+class Message:
+    """One datagram: the recognised fields, and how many lines were malformed."""
+
+    fields: dict[str, int | float | str] = field(default_factory=dict)
+    malformed: int = 0
+
+
+def parse(datagram: bytes) -> Message:
+    fields: dict[str, int | float | str] = {}
+    malformed = 0
+    for raw in datagram.decode("utf-8", errors="replace").split("\n"):
+        if not raw.strip():
+            continue
+        key, sep, value = raw.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            malformed += 1
+            continue
+        if key not in KNOWN_KEYS:
+            continue
+        try:
+            if key in INT_KEYS:
+                fields[key] = int(value)
+            elif key in FLOAT_KEYS:
+                number = float(value)
+                if not number >= 0:  # also rejects NaN
+                    raise ValueError(value)
+                fields[key] = number
+            else:
+                fields[key] = value
+        except ValueError:
+            malformed += 1
+    return Message(fields, malformed)
+
+
+class NotifySocket:
+    """A unix datagram socket (mode 0600) that the trainer's client sends to."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        if len(os.fsencode(path)) >= 100:
+            raise OSError(f"socket path too long for AF_UNIX ({len(str(path))} chars): {path}")
+        path.unlink(missing_ok=True)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        old_umask = os.umask(0o177)
+        try:
+            self.sock.bind(str(path))
+        finally:
+            os.umask(old_umask)
+        self.sock.setblocking(False)
+        self.malformed_total = 0
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def receive(self) -> list[Message]:
+        """Every datagram waiting now, parsed."""
+        messages: list[Message] = []
+        while True:
+            try:
+                data = self.sock.recv(MAX_DATAGRAM_BYTES)
+            except (BlockingIOError, InterruptedError):
+                break
+            message = parse(data)
+            if message.malformed:
+                if self.malformed_total == 0:
+                    logger.warning("malformed notify line(s) from the trainer: %r", data[:200])
+                self.malformed_total += message.malformed
+            messages.append(message)
+        return messages
+
+    def close(self) -> None:
+        self.sock.close()
+        self.path.unlink(missing_ok=True)

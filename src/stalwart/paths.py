@@ -1,0 +1,70 @@
+"""Where a job keeps its state and runtime files, and the lock that makes it single."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from stalwart.errors import AlreadyRunning, UsageError
+
+
+def state_dir(name: str, configured: Path | None, environ: Mapping[str, str]) -> Path:
+    """`--state-dir`/config, else systemd's $STATE_DIRECTORY, else ./.stalwart/<name>."""
+    if configured is not None:
+        return configured.absolute()
+    systemd_dirs = environ.get("STATE_DIRECTORY", "")
+    if systemd_dirs:
+        return Path(systemd_dirs.split(":")[0])
+    return Path.cwd() / ".stalwart" / name
+
+
+def runtime_dir(name: str, state: Path, environ: Mapping[str, str]) -> Path:
+    """$RUNTIME_DIRECTORY (systemd), else $XDG_RUNTIME_DIR/stalwart/<name>, else <state>/run."""
+    systemd_dirs = environ.get("RUNTIME_DIRECTORY", "")
+    if systemd_dirs:
+        return Path(systemd_dirs.split(":")[0])
+    xdg = environ.get("XDG_RUNTIME_DIR", "")
+    if xdg:
+        return Path(xdg) / "stalwart" / name
+    return state / "run"
+
+
+def ensure_private_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot create directory {path}: {exc.strerror or exc}; "
+            "choose another with --state-dir or fix its permissions"
+        ) from None
+    return path
+
+
+class StateLock:
+    """An exclusive flock on <state>/lock. The kernel drops it when we die, however we die."""
+
+    def __init__(self, state: Path) -> None:
+        self.path = state / "lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise AlreadyRunning(
+                f"the job is already running (supervisor pid {holder} holds {self.path}); "
+                "stop it first or use another --name / --state-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

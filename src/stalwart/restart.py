@@ -1,0 +1,155 @@
+"""Restart policy and the process state machine. Pure: time comes in as `now_s`.
+
+The policy answers one question after every attempt: relaunch (after how long),
+finish, or give up. Backoff grows per consecutive failure with jitter and a cap,
+and resets after a healthy uptime; failures inside a sliding window spend a
+budget; preemptions spend none.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import random
+from collections import deque
+from dataclasses import dataclass
+
+from stalwart.config import RestartConfig
+from stalwart.types import Classification, ExitKind
+
+logger = logging.getLogger(__name__)
+
+
+class Action(enum.Enum):
+    RESTART = "restart"
+    FINISH = "finish"
+    GIVE_UP = "give_up"
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    delay_s: float
+    reason: str
+    ceiling_s: float = 0.0
+    """The backoff ceiling the delay was drawn under (for logs and tests)."""
+
+
+class RestartPolicy:
+    """Decides what follows each attempt. Holds only the failure history it needs."""
+
+    def __init__(self, config: RestartConfig, rng: random.Random | None = None) -> None:
+        self._config = config
+        self._rng = rng or random.Random()
+        self._failures_s: deque[float] = deque()
+        self._consecutive = 0
+
+    @property
+    def failures_in_window(self) -> int:
+        return len(self._failures_s)
+
+    def ceiling_s(self, consecutive: int) -> float:
+        """Backoff ceiling after `consecutive` failures in a row (>= 1)."""
+        cfg = self._config
+        exponent = max(consecutive - 1, 0)
+        if cfg.backoff_initial_s == 0 or cfg.backoff_multiplier == 1:
+            return cfg.backoff_initial_s
+        # In log space, so a long failure streak cannot overflow a float.
+        headroom = math.log(cfg.backoff_max_s / cfg.backoff_initial_s)
+        if exponent * math.log(cfg.backoff_multiplier) >= headroom:
+            return cfg.backoff_max_s
+        return min(cfg.backoff_max_s, cfg.backoff_initial_s * cfg.backoff_multiplier**exponent)
+
+    def _jitter(self, ceiling_s: float) -> float:
+        mode = self._config.jitter
+        if mode == "none":
+            return ceiling_s
+        if mode == "equal":
+            return ceiling_s / 2 + self._rng.uniform(0, ceiling_s / 2)
+        return self._rng.uniform(0, ceiling_s)
+
+    def on_exit(self, now_s: float, verdict: Classification, uptime_s: float) -> Decision:
+        """The decision after an attempt that ended at `now_s` having run `uptime_s`."""
+        cfg = self._config
+        if not verdict.kind.is_failure:
+            return Decision(Action.FINISH, 0.0, verdict.reason)
+        if uptime_s >= cfg.healthy_uptime_s:
+            self._consecutive = 0
+        if not verdict.retryable:
+            return Decision(
+                Action.GIVE_UP, 0.0, f"{verdict.kind.value} is not retryable: {verdict.reason}"
+            )
+        self._consecutive += 1
+        if verdict.kind is ExitKind.PREEMPTED:
+            # The machine went away under the job; that says nothing about the job.
+            ceiling = cfg.backoff_initial_s
+            return Decision(
+                Action.RESTART, self._jitter(ceiling), "preempted; no budget spent", ceiling
+            )
+        self._failures_s.append(now_s)
+        while self._failures_s and self._failures_s[0] <= now_s - cfg.window_s:
+            self._failures_s.popleft()
+        if len(self._failures_s) > cfg.max_restarts:
+            return Decision(
+                Action.GIVE_UP,
+                0.0,
+                f"restart budget spent: {len(self._failures_s)} failures within "
+                f"{cfg.window_s:g} s (max_restarts={cfg.max_restarts}); last: {verdict.reason}",
+            )
+        ceiling = self.ceiling_s(self._consecutive)
+        delay = self._jitter(ceiling)
+        return Decision(
+            Action.RESTART,
+            delay,
+            f"{verdict.kind.value}: {verdict.reason}; failure {len(self._failures_s)} of "
+            f"{cfg.max_restarts + 1} allowed in {cfg.window_s:g} s",
+            ceiling,
+        )
+
+
+class State(enum.Enum):
+    """Where the supervised process is (after supervisord's process states)."""
+
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    BACKOFF = "BACKOFF"
+    STOPPING = "STOPPING"
+    EXITED = "EXITED"
+    FATAL = "FATAL"
+
+
+TRANSITIONS: dict[State, frozenset[State]] = {
+    State.STARTING: frozenset(
+        {State.RUNNING, State.STOPPING, State.BACKOFF, State.EXITED, State.FATAL}
+    ),
+    State.RUNNING: frozenset({State.STOPPING, State.BACKOFF, State.EXITED, State.FATAL}),
+    State.BACKOFF: frozenset({State.STARTING, State.EXITED, State.FATAL}),
+    State.STOPPING: frozenset({State.EXITED, State.FATAL}),
+    State.EXITED: frozenset(),
+    State.FATAL: frozenset(),
+}
+
+
+class IllegalTransition(RuntimeError):
+    pass
+
+
+class StateMachine:
+    """The current state; every transition is checked and logged here, nowhere else."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self.state = State.BACKOFF  # before the first launch: waiting for nothing
+        self.history: list[tuple[State, State, str]] = []
+
+    @property
+    def terminal(self) -> bool:
+        return not TRANSITIONS[self.state]
+
+    def to(self, new: State, reason: str) -> None:
+        if new not in TRANSITIONS[self.state]:
+            raise IllegalTransition(f"{self._name}: {self.state.value} -> {new.value} ({reason})")
+        logger.info("%s: %s -> %s (%s)", self._name, self.state.value, new.value, reason)
+        self.history.append((self.state, new, reason))
+        self.state = new

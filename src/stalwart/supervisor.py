@@ -1,0 +1,549 @@
+"""The supervisor: the one place that knows all the parts, and its single event loop.
+
+Events come in from the outside world (trainer output, trainer exit, signals,
+notify datagrams, deadlines); the pure decisions (classify, restart policy) say
+what to do; the shell modules (process, journal, advice) do it. Signal handlers
+only record the signal; this loop acts on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import select
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, BinaryIO
+
+from stalwart import paths, process
+from stalwart.advice import Advice, write_advice
+from stalwart.classify import ExitContext, classify, compile_rules
+from stalwart.clock import Clock, SystemClock
+from stalwart.config import JobConfig
+from stalwart.errors import UsageError
+from stalwart.journal import Journal, RunRecord, RunStatus
+from stalwart.notify import NotifySocket
+from stalwart.restart import Action, Decision, RestartPolicy, State, StateMachine
+from stalwart.types import Classification, ExitCode, ExitKind, ExitStatus, signal_name
+
+logger = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+LOOP_TICK_S = 1.0
+"""Upper bound on one wait: deadlines are checked at least this often."""
+DRAIN_OUTPUT_S = 0.5
+"""How long to keep reading a dead trainer's pipes held open by an escaped descendant."""
+CLEARED_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+"""systemd's variables are the supervisor's, not the trainer's."""
+
+
+@dataclass
+class Attempt:
+    """The trainer process of the current attempt and what we know about it."""
+
+    number: int
+    popen: subprocess.Popen[bytes]
+    started_s: float
+    resume_from: str
+    tail: deque[str]
+    stop_signal_sent: bool = False
+    killed: bool = False
+    kill_at_s: float | None = None
+    abandon_at_s: float | None = None
+    last_step: int | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+
+class Supervisor:
+    """Runs one job until it completes, gives up, is stopped or is preempted."""
+
+    def __init__(
+        self,
+        config: JobConfig,
+        *,
+        clock: Clock | None = None,
+        environ: Mapping[str, str] | None = None,
+        stdout: BinaryIO | None = None,
+        stderr: BinaryIO | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.environ = dict(os.environ if environ is None else environ)
+        self._stdout = stdout or sys.stdout.buffer
+        self._stderr = stderr or sys.stderr.buffer
+        self.policy = RestartPolicy(config.restart, rng)
+        self.machine = StateMachine(config.name)
+        self.rules = compile_rules((p.regex, p.kind, p.retryable) for p in config.classify.patterns)
+        self.state_dir = paths.state_dir(config.name, config.state_dir, self.environ)
+        self.ckpt_dir = (config.checkpoint.dir or self.state_dir / "checkpoints").absolute()
+        self.exit_code = ExitCode.OK
+        self.final_message = ""
+        self.attempt: Attempt | None = None
+        self._relaunch_at_s: float | None = None
+        self._running_at_s: float | None = None
+        self._stop_requests = 0
+        self._signals: deque[int] = deque()
+        self._selector = selectors.DefaultSelector()
+        self._advice = Advice(interval_s=config.checkpoint.interval_s)
+        # set in run()
+        self.journal: Journal | None = None
+        self.run_record: RunRecord | None = None
+        self._lock: paths.StateLock | None = None
+        self._sentinel: process.Sentinel | None = None
+        self._notify: NotifySocket | None = None
+        self._advice_path: Path | None = None
+        self._wakeup: tuple[socket.socket, socket.socket] | None = None
+
+    # setup and teardown
+
+    def _check_command(self) -> None:
+        program = self.config.command[0]
+        cwd = self.config.cwd or Path.cwd()
+        if self.config.cwd is not None and not self.config.cwd.is_dir():
+            raise UsageError(f"cwd {self.config.cwd} is not a directory; fix `cwd` in the config")
+        if "/" in program:
+            resolved = (cwd / program) if not Path(program).is_absolute() else Path(program)
+            if not (resolved.is_file() and os.access(resolved, os.X_OK)):
+                raise UsageError(f"command not found or not executable: {program}")
+            return
+        path = {**self.environ, **self.config.env}.get("PATH", os.defpath)
+        if shutil.which(program, path=path) is None:
+            raise UsageError(f"command not found: {program!r} is not on PATH; check `command`")
+
+    def _setup(self) -> None:
+        """Everything that can fail on bad input happens here, before any trainer starts."""
+        self._check_command()
+        paths.ensure_private_dir(self.state_dir)
+        self._lock = paths.StateLock(self.state_dir)
+        self._lock.acquire()
+        try:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(
+                f"cannot create checkpoint dir {self.ckpt_dir}: {exc.strerror or exc}; "
+                "fix `checkpoint.dir`"
+            ) from None
+        self.journal = Journal(self.state_dir / "journal.sqlite")
+        now_unix = self.clock.wall()
+        self.run_record = self.journal.start_run(self.config.name, self.config.command, now_unix)
+        interrupted = self.journal.close_interrupted(self.run_record.run_id, now_unix)
+        if interrupted:
+            logger.warning(
+                "%s: %d attempt(s) were cut short by a supervisor that died; recorded as such",
+                self.config.name,
+                interrupted,
+            )
+        runtime = paths.ensure_private_dir(
+            paths.runtime_dir(self.config.name, self.state_dir, self.environ)
+        )
+        self._advice_path = runtime / "advice.json"
+        write_advice(self._advice_path, self._advice)
+        try:
+            self._notify = NotifySocket(runtime / "notify.sock")
+        except OSError as exc:
+            logger.warning("no notify socket (%s); heartbeats are unavailable", exc)
+        else:
+            self._selector.register(self._notify.sock, selectors.EVENT_READ, self._on_notify)
+
+    def _install_signals(self) -> dict[int, Callable[..., object] | int | None]:
+        reader, writer = socket.socketpair()
+        reader.setblocking(False)
+        writer.setblocking(False)
+        self._wakeup = (reader, writer)
+        signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        self._selector.register(reader, selectors.EVENT_READ, self._on_wakeup)
+        previous: dict[int, Callable[..., object] | int | None] = {}
+        for signum in (*STOP_SIGNALS, signal.SIGCHLD):
+            previous[signum] = signal.signal(signum, self._on_signal)
+        return previous
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self._signals.append(signum)
+
+    def _on_wakeup(self) -> None:
+        assert self._wakeup is not None
+        try:
+            while self._wakeup[0].recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _teardown(self, previous: dict[int, Callable[..., object] | int | None]) -> None:
+        if self.attempt is not None:
+            # Only reached on an internal error: never leave a trainer behind.
+            self._kill_tree(self.attempt)
+            self.attempt.popen.wait(self.config.stop.kill_wait_s)
+            self._finish_output(self.attempt)
+            self.attempt = None
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        signal.set_wakeup_fd(-1)
+        if self._wakeup is not None:
+            for sock in self._wakeup:
+                sock.close()
+        if self._notify is not None:
+            self._notify.close()
+        self._selector.close()
+        if self._sentinel is not None:
+            self._sentinel.close()
+        process.set_child_subreaper(False)
+        if self.journal is not None:
+            self.journal.close()
+        if self._lock is not None:
+            self._lock.release()
+
+    # the loop
+
+    def run(self) -> int:
+        """Supervise until done; the return value is the process exit code."""
+        previous: dict[int, Callable[..., object] | int | None] = {}
+        try:
+            self._setup()
+            previous = self._install_signals()
+            process.set_child_subreaper(True)
+            self._sentinel = process.Sentinel()
+            self._launch()
+            while not self.machine.terminal:
+                self._wait_for_events()
+                self._reap()
+                self._handle_signals()
+                self._handle_deadlines()
+        finally:
+            self._teardown(previous)
+        if self.final_message:
+            level = logging.ERROR if self.exit_code == ExitCode.GAVE_UP else logging.INFO
+            logger.log(level, "%s", self.final_message)
+        return int(self.exit_code)
+
+    def _wait_for_events(self) -> None:
+        now = self.clock.monotonic()
+        deadlines = [
+            d
+            for d in (
+                self._relaunch_at_s,
+                self._running_at_s,
+                self.attempt.kill_at_s if self.attempt else None,
+                self.attempt.abandon_at_s if self.attempt else None,
+            )
+            if d is not None
+        ]
+        timeout = min([LOOP_TICK_S, *(d - now for d in deadlines)])
+        if self._signals:
+            timeout = 0
+        for key, _ in self._selector.select(max(timeout, 0.0)):
+            key.data()
+
+    def _handle_signals(self) -> None:
+        while self._signals:
+            signum = self._signals.popleft()
+            if signum in STOP_SIGNALS:
+                self.request_stop(signal_name(signum))
+
+    def _handle_deadlines(self) -> None:
+        now = self.clock.monotonic()
+        state = self.machine.state
+        if (
+            state is State.BACKOFF
+            and self._relaunch_at_s is not None
+            and now >= self._relaunch_at_s
+        ):
+            self._relaunch_at_s = None
+            self._launch()
+        elif (
+            state is State.STARTING and self._running_at_s is not None and now >= self._running_at_s
+        ):
+            self._running_at_s = None
+            self.machine.to(State.RUNNING, f"alive for {self.config.restart.started_after_s:g} s")
+        attempt = self.attempt
+        if attempt is None or state is not State.STOPPING:
+            return
+        if attempt.kill_at_s is not None and now >= attempt.kill_at_s:
+            logger.warning(
+                "%s: trainer pid %d still running %g s after %s; sending SIGKILL to its group",
+                self.config.name,
+                attempt.pid,
+                self.config.stop.grace_s,
+                self.config.stop.signal,
+            )
+            self._kill_tree(attempt)
+        elif attempt.abandon_at_s is not None and now >= attempt.abandon_at_s:
+            logger.error(
+                "%s: trainer pid %d survived SIGKILL for %g s (uninterruptible I/O?); "
+                "giving up on it",
+                self.config.name,
+                attempt.pid,
+                self.config.stop.kill_wait_s,
+            )
+            self._finish_output(attempt)
+            self.attempt = None
+            self.machine.to(State.EXITED, "trainer could not be reaped")
+
+    # stopping
+
+    def request_stop(self, why: str) -> None:
+        """First request: graceful stop. Any later one: kill now."""
+        self._stop_requests += 1
+        state = self.machine.state
+        if self._stop_requests == 1:
+            self._advice = Advice(
+                interval_s=self._advice.interval_s,
+                checkpoint_now=self._advice.checkpoint_now,
+                drain=True,
+                deadline_unix=self._advice.deadline_unix,
+            )
+            if self._advice_path is not None:
+                write_advice(self._advice_path, self._advice)
+        if state is State.BACKOFF:
+            self._relaunch_at_s = None
+            self.exit_code = ExitCode.OK
+            self.final_message = f"{self.config.name}: stopped on {why} during backoff"
+            self.machine.to(State.EXITED, f"{why} during backoff")
+            return
+        attempt = self.attempt
+        if attempt is None:
+            return
+        if self._stop_requests == 1:
+            logger.info(
+                "%s: %s: asking the trainer to stop (%s, grace %g s); repeat to kill it now",
+                self.config.name,
+                why,
+                self.config.stop.signal,
+                self.config.stop.grace_s,
+            )
+            process.signal_group(attempt.pid, self.config.stop.signum)
+            attempt.stop_signal_sent = True
+            attempt.kill_at_s = self.clock.monotonic() + self.config.stop.grace_s
+            self._running_at_s = None
+            self.machine.to(State.STOPPING, why)
+        elif not attempt.killed:
+            logger.warning("%s: %s again: killing the trainer now", self.config.name, why)
+            self._kill_tree(attempt)
+
+    def _kill_tree(self, attempt: Attempt) -> None:
+        process.signal_group(attempt.pid, signal.SIGKILL)
+        attempt.killed = True
+        attempt.kill_at_s = None
+        attempt.abandon_at_s = self.clock.monotonic() + self.config.stop.kill_wait_s
+
+    # launching
+
+    def _resume_from(self) -> str:
+        """Path of the checkpoint to resume from; empty until the checkpoint store exists."""
+        return ""
+
+    def trainer_env(self, attempt: int, resume_from: str) -> dict[str, str]:
+        assert self.run_record is not None
+        env = {**self.environ, **self.config.env}
+        for name in CLEARED_ENV:
+            env.pop(name, None)
+        # A pipe makes Python block-buffer stdout: lines would arrive late and die with a crash.
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        env.update(
+            STALWART_RUN_ID=self.run_record.run_id,
+            STALWART_ATTEMPT=str(attempt),
+            STALWART_CKPT_DIR=str(self.ckpt_dir),
+            STALWART_RESUME_FROM=resume_from,
+            STALWART_ADVICE_FILE=str(self._advice_path or ""),
+            STALWART_NOTIFY_SOCKET=str(self._notify.path) if self._notify else "",
+        )
+        return env
+
+    def _launch(self) -> None:
+        assert self.journal is not None
+        assert self.run_record is not None
+        run_id = self.run_record.run_id
+        number = self.journal.next_attempt(run_id)
+        resume_from = self._resume_from()
+        now_s = self.clock.monotonic()
+        self.machine.to(State.STARTING, f"attempt {number}")
+        try:
+            popen = process.spawn(
+                self.config.command, self.trainer_env(number, resume_from), self.config.cwd
+            )
+        except OSError as exc:
+            self.journal.start_attempt(run_id, number, None, self.clock.wall(), resume_from)
+            verdict = Classification(
+                ExitKind.USER_ERROR, False, f"cannot start {self.config.command[0]!r}: {exc}"
+            )
+            self._conclude(number, None, verdict, 0.0)
+            return
+        assert self._sentinel is not None
+        self._sentinel.watch(popen.pid)
+        attempt = Attempt(
+            number, popen, now_s, resume_from, deque(maxlen=self.config.output.tail_lines)
+        )
+        self.attempt = attempt
+        self.journal.start_attempt(run_id, number, popen.pid, self.clock.wall(), resume_from)
+        logger.info(
+            "%s: attempt %d started: pid %d%s",
+            self.config.name,
+            number,
+            popen.pid,
+            f", resuming from {resume_from}" if resume_from else "",
+        )
+        prefix = f"[{self.config.name}#{number}] ".encode() if self.config.output.prefix else b""
+        for pipe, sink in ((popen.stdout, self._stdout), (popen.stderr, self._stderr)):
+            assert pipe is not None
+            os.set_blocking(pipe.fileno(), False)
+            tail = process.LineTail(sink, prefix, attempt.tail)
+            self._selector.register(pipe, selectors.EVENT_READ, _Pump(self._selector, pipe, tail))
+        self._running_at_s = now_s + self.config.restart.started_after_s
+
+    # trainer events
+
+    def _on_notify(self) -> None:
+        assert self._notify is not None
+        for message in self._notify.receive():
+            step = message.fields.get("STEP")
+            if isinstance(step, int) and self.attempt is not None:
+                self.attempt.last_step = step
+
+    def _reap(self) -> None:
+        attempt = self.attempt
+        known = {attempt.pid: attempt.popen} if attempt else {}
+        exited = process.reap_exited(known)
+        if attempt is not None and attempt.pid in exited:
+            self._on_trainer_exit(attempt)
+
+    def _finish_output(self, attempt: Attempt) -> None:
+        """Read what the trainer's pipes still hold, then close them (bounded in time)."""
+        pumps = [
+            key.data
+            for key in list(self._selector.get_map().values())
+            if isinstance(key.data, _Pump)
+            and key.fileobj in (attempt.popen.stdout, attempt.popen.stderr)
+        ]
+        deadline = self.clock.monotonic() + DRAIN_OUTPUT_S
+        while pumps:
+            remaining = deadline - self.clock.monotonic()
+            if remaining <= 0:
+                break
+            ready, _, _ = select.select(pumps, [], [], remaining)
+            pumps = [pump for pump in pumps if pump not in ready or pump()]
+        for pump in pumps:
+            pump.close()
+
+    def _on_trainer_exit(self, attempt: Attempt) -> None:
+        assert attempt.popen.returncode is not None
+        assert self._sentinel is not None
+        uptime_s = self.clock.monotonic() - attempt.started_s
+        # The leader is gone; whatever it left in its group or orphaned to us goes too.
+        process.signal_group(attempt.pid, signal.SIGKILL)
+        process.kill_orphans({self._sentinel.pid})
+        self._finish_output(attempt)
+        self._sentinel.forget(attempt.pid)
+        self.attempt = None
+        self._running_at_s = None
+        status = ExitStatus.from_returncode(attempt.popen.returncode)
+        context = ExitContext(
+            attempt=attempt.number,
+            uptime_s=uptime_s,
+            stop_requested=self._stop_requests > 0,
+        )
+        verdict = classify(
+            status,
+            list(attempt.tail),
+            context,
+            rules=self.rules,
+            non_retryable_exit_codes=frozenset(self.config.classify.non_retryable_exit_codes),
+        )
+        self._conclude(attempt.number, status, verdict, uptime_s)
+
+    def _conclude(
+        self, number: int, status: ExitStatus | None, verdict: Classification, uptime_s: float
+    ) -> None:
+        """Record the attempt's end and act on the restart policy's decision."""
+        assert self.journal is not None
+        assert self.run_record is not None
+        name = self.config.name
+        if verdict.kind is ExitKind.STOPPED:
+            decision = Decision(Action.FINISH, 0.0, verdict.reason)
+        else:
+            decision = self.policy.on_exit(self.clock.monotonic(), verdict, uptime_s)
+        described = status.describe() if status else "did not start"
+        self.journal.end_attempt(
+            self.run_record.run_id,
+            number,
+            now_unix=self.clock.wall(),
+            status=status,
+            verdict=verdict,
+            uptime_s=uptime_s,
+            decision=f"{decision.action.value}: {decision.reason}",
+        )
+        logger.info(
+            "%s: attempt %d ended after %.1f s: %s -> %s (%s)",
+            name,
+            number,
+            uptime_s,
+            described,
+            verdict.kind.value,
+            "retryable" if verdict.retryable else "not retryable",
+        )
+        if decision.action is Action.RESTART:
+            logger.info("%s: relaunching in %.2f s (%s)", name, decision.delay_s, decision.reason)
+            self._relaunch_at_s = self.clock.monotonic() + decision.delay_s
+            self.machine.to(State.BACKOFF, f"restart in {decision.delay_s:.2f} s")
+        elif decision.action is Action.FINISH:
+            self.exit_code = ExitCode.OK
+            if verdict.kind is ExitKind.COMPLETED:
+                self.journal.end_run(self.run_record.run_id, RunStatus.COMPLETED, self.clock.wall())
+                self.final_message = f"{name}: training finished after {number + 1} attempt(s)"
+            else:
+                self.final_message = f"{name}: stopped on request; `stalwart run` again resumes"
+            self.machine.to(State.EXITED, verdict.kind.value)
+        else:
+            self.exit_code = ExitCode.GAVE_UP
+            self.journal.end_run(self.run_record.run_id, RunStatus.GAVE_UP, self.clock.wall())
+            self.final_message = (
+                f"{name}: gave up after attempt {number}: {decision.reason}. "
+                f"See `stalwart history {name}`; fix the cause, then run again."
+            )
+            self.machine.to(State.FATAL, decision.reason)
+
+
+class _Pump:
+    """Selector callback that moves one pipe's bytes into its LineTail."""
+
+    def __init__(
+        self, selector: selectors.BaseSelector, pipe: IO[bytes], tail: process.LineTail
+    ) -> None:
+        self._selector = selector
+        self._pipe = pipe
+        self._tail = tail
+
+    def fileno(self) -> int:
+        return self._pipe.fileno()
+
+    def __call__(self) -> bool:
+        """Read what is available; False once the pipe is closed."""
+        try:
+            data = os.read(self._pipe.fileno(), 65536)
+        except BlockingIOError:
+            return True
+        except OSError:
+            data = b""
+        if data:
+            self._tail.feed(data)
+            return True
+        self.close()
+        return False
+
+    def close(self) -> None:
+        if self._pipe.closed:
+            return
+        self._tail.close()
+        self._selector.unregister(self._pipe)
+        self._pipe.close()
