@@ -1,0 +1,150 @@
+"""Restart policy and state machine on a fake clock."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from stalwart.clock import FakeClock
+from stalwart.config import RestartConfig
+from stalwart.restart import Action, IllegalTransition, RestartPolicy, State, StateMachine
+from stalwart.types import Classification, ExitKind
+
+CRASH = Classification(ExitKind.UNKNOWN, True, "exit code 1")
+FATAL = Classification(ExitKind.USER_ERROR, False, "SyntaxError")
+PREEMPT = Classification(ExitKind.PREEMPTED, True, "preempted")
+DONE = Classification(ExitKind.COMPLETED, False, "exit code 0")
+
+
+def policy(**overrides: object) -> RestartPolicy:
+    return RestartPolicy(RestartConfig.model_validate(overrides), random.Random(7))
+
+
+def test_backoff_grows_then_caps_on_fake_clock() -> None:
+    clock = FakeClock()
+    p = policy(backoff_initial_s=1, backoff_max_s=10, backoff_multiplier=2, max_restarts=100)
+    ceilings, delays = [], []
+    for _ in range(8):
+        decision = p.on_exit(clock.monotonic(), CRASH, uptime_s=1)
+        assert decision.action is Action.RESTART
+        ceilings.append(decision.ceiling_s)
+        delays.append(decision.delay_s)
+        clock.advance(decision.delay_s + 1)
+    assert ceilings == [1, 2, 4, 8, 10, 10, 10, 10]
+    assert all(0 <= d <= c for d, c in zip(delays, ceilings, strict=True))
+    # Full jitter: on average the delays grow with the ceiling.
+    assert sum(delays[4:]) / 4 > sum(delays[:2]) / 2
+
+
+def test_no_jitter_delays_equal_ceilings() -> None:
+    p = policy(backoff_initial_s=0.5, backoff_multiplier=3, jitter="none", max_restarts=10)
+    delays = [p.on_exit(float(i), CRASH, 0.1).delay_s for i in range(4)]
+    assert delays == [0.5, 1.5, 4.5, 13.5]
+
+
+def test_equal_jitter_stays_in_upper_half() -> None:
+    p = policy(backoff_initial_s=4, backoff_multiplier=1, jitter="equal", max_restarts=100)
+    for i in range(50):
+        assert 2 <= p.on_exit(float(i), CRASH, 0.1).delay_s <= 4
+
+
+def test_budget_spent_gives_up() -> None:
+    p = policy(max_restarts=3, window_s=100)
+    actions = [p.on_exit(float(t), CRASH, 1).action for t in range(4)]
+    assert actions == [Action.RESTART] * 3 + [Action.GIVE_UP]
+
+
+def test_window_slides() -> None:
+    p = policy(max_restarts=2, window_s=10)
+    assert p.on_exit(0, CRASH, 1).action is Action.RESTART
+    assert p.on_exit(5, CRASH, 1).action is Action.RESTART
+    # The failure at t=0 has left the window by t=11: still two in it, so allowed.
+    assert p.on_exit(11, CRASH, 1).action is Action.RESTART
+    assert p.on_exit(12, CRASH, 1).action is Action.GIVE_UP
+
+
+def test_preemptions_spend_no_budget() -> None:
+    p = policy(max_restarts=1)
+    for t in range(20):
+        assert p.on_exit(float(t), PREEMPT, 1).action is Action.RESTART
+    assert p.failures_in_window == 0
+    assert p.on_exit(30, CRASH, 1).action is Action.RESTART
+    assert p.on_exit(31, CRASH, 1).action is Action.GIVE_UP
+
+
+def test_healthy_uptime_resets_backoff() -> None:
+    p = policy(
+        backoff_initial_s=1,
+        backoff_multiplier=2,
+        jitter="none",
+        healthy_uptime_s=60,
+        max_restarts=100,
+    )
+    assert [p.on_exit(float(t), CRASH, 1).delay_s for t in range(3)] == [1, 2, 4]
+    assert p.on_exit(10, CRASH, uptime_s=61).delay_s == 1
+
+
+def test_non_retryable_gives_up_at_once() -> None:
+    decision = policy().on_exit(0, FATAL, 1)
+    assert decision.action is Action.GIVE_UP
+    assert "not retryable" in decision.reason
+
+
+def test_completion_finishes() -> None:
+    assert policy().on_exit(0, DONE, 1).action is Action.FINISH
+
+
+def test_huge_streak_does_not_overflow() -> None:
+    p = policy(backoff_initial_s=1, backoff_max_s=300, backoff_multiplier=1000, max_restarts=10**6)
+    for t in range(2000):
+        decision = p.on_exit(float(t), CRASH, 0)
+    assert decision.ceiling_s == 300
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(0, 1000), st.sampled_from([CRASH, PREEMPT, FATAL, DONE]), st.floats(0, 2000)
+        ),
+        max_size=60,
+    ),
+    st.integers(0, 20),
+    st.floats(1, 10_000),
+)
+def test_policy_invariants(
+    events: list[tuple[float, Classification, float]], budget: int, window: float
+) -> None:
+    p = policy(max_restarts=budget, window_s=window, backoff_initial_s=0.5, backoff_max_s=60)
+    now = 0.0
+    for gap, verdict, uptime in events:
+        now += gap
+        decision = p.on_exit(now, verdict, uptime)
+        assert 0 <= decision.delay_s <= 60
+        assert decision.delay_s <= decision.ceiling_s or decision.action is not Action.RESTART
+        if verdict is FATAL:
+            assert decision.action is Action.GIVE_UP
+        if verdict is PREEMPT:
+            assert decision.action is Action.RESTART
+        if decision.action is Action.RESTART and verdict is CRASH:
+            assert p.failures_in_window <= budget
+
+
+def test_state_machine_checks_and_logs_transitions(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO")
+    machine = StateMachine("job")
+    machine.to(State.STARTING, "attempt 0")
+    machine.to(State.RUNNING, "alive")
+    machine.to(State.BACKOFF, "crash")
+    with pytest.raises(IllegalTransition):
+        machine.to(State.RUNNING, "skipped STARTING")
+    machine.to(State.STARTING, "attempt 1")
+    machine.to(State.STOPPING, "SIGTERM")
+    machine.to(State.EXITED, "stopped")
+    assert machine.terminal
+    with pytest.raises(IllegalTransition):
+        machine.to(State.STARTING, "after the end")
+    assert "job: STOPPING -> EXITED (stopped)" in caplog.text
+    assert len(machine.history) == 6
