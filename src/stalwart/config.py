@@ -133,6 +133,38 @@ class CheckpointConfig(_Section):
     """Checkpoint interval advised to the trainer until measurements say better."""
 
 
+class HangConfig(_Section):
+    """When a trainer that heartbeats is called hung (it is then killed and relaunched)."""
+
+    enabled: bool = True
+    """Off: heartbeats are tracked for status but never lead to a kill."""
+    factor: float = Field(default=10.0, ge=1.0)
+    """Silence allowed, as a multiple of the slow tail of observed heartbeat gaps."""
+    tail_quantile: float = Field(default=0.99, gt=0, le=1)
+    """Which quantile of the heartbeat gaps is the slow tail."""
+    floor_s: PositiveS = 120.0
+    """Never call a hang sooner than this."""
+    first_step_s: PositiveS = 1800.0
+    """Allowance until `warmup_heartbeats` gaps are seen (start, restore, compilation)."""
+    warmup_heartbeats: int = Field(default=5, ge=1)
+    """Heartbeat gaps observed before the learned threshold applies."""
+    checkpoint_s: PositiveS = 3600.0
+    """Allowance while a checkpoint is being written (CKPT_BEGIN without a report)."""
+    window_heartbeats: int = Field(default=2000, ge=10)
+    """Recent heartbeat gaps kept to learn the slow tail."""
+    dump_wait_s: NonNegativeS = 3.0
+    """Time given to dump Python stacks (SIGUSR2 / py-spy) before the kill."""
+
+
+class MonitorConfig(_Section):
+    """Resource sampling of the trainer's process tree."""
+
+    sample_interval_s: PositiveS = 5.0
+    """How often RSS, CPU, disk and GPU are sampled."""
+    memory_limit_fraction: float = Field(default=0.95, gt=0, le=1)
+    """RSS at this fraction of the memory limit counts as 'at the limit' (OOM evidence)."""
+
+
 class JobConfig(_Section):
     """One supervised training job."""
 
@@ -151,6 +183,8 @@ class JobConfig(_Section):
     output: OutputConfig = OutputConfig()
     classify: ClassifyConfig = ClassifyConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
+    hang: HangConfig = HangConfig()
+    monitor: MonitorConfig = MonitorConfig()
 
     @field_validator("name")
     @classmethod

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +58,14 @@ def parse(datagram: bytes) -> Message:
     return Message(fields, malformed)
 
 
+def _sender_uid(ancillary: list[tuple[int, int, bytes]]) -> int | None:
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(data) >= 12:
+            _pid, uid, _gid = struct.unpack("3i", data[:12])
+            return int(uid)
+    return None
+
+
 class NotifySocket:
     """A unix datagram socket (mode 0600) that the trainer's client sends to."""
 
@@ -72,7 +81,12 @@ class NotifySocket:
         finally:
             os.umask(old_umask)
         self.sock.setblocking(False)
+        # The kernel attaches each sender's credentials: other users cannot speak for the trainer.
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self._uid = os.getuid()
+        self._cmsg_bytes = socket.CMSG_SPACE(struct.calcsize("3i"))
         self.malformed_total = 0
+        self.foreign_total = 0
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -82,9 +96,15 @@ class NotifySocket:
         messages: list[Message] = []
         while True:
             try:
-                data = self.sock.recv(MAX_DATAGRAM_BYTES)
+                data, ancillary, _, _ = self.sock.recvmsg(MAX_DATAGRAM_BYTES, self._cmsg_bytes)
             except (BlockingIOError, InterruptedError):
                 break
+            sender_uid = _sender_uid(ancillary)
+            if sender_uid is not None and sender_uid != self._uid:
+                if self.foreign_total == 0:
+                    logger.warning("ignoring notify datagrams from uid %d", sender_uid)
+                self.foreign_total += 1
+                continue
             message = parse(data)
             if message.malformed:
                 if self.malformed_total == 0:

@@ -8,10 +8,10 @@ only record the signal; this loop acts on it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
-import select
 import selectors
 import shutil
 import signal
@@ -20,9 +20,8 @@ import subprocess
 import sys
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import BinaryIO
 
 from stalwart import paths, process
 from stalwart.advice import Advice, write_advice
@@ -32,38 +31,18 @@ from stalwart.config import JobConfig
 from stalwart.errors import UsageError
 from stalwart.journal import Journal, RunRecord, RunStatus
 from stalwart.notify import NotifySocket
+from stalwart.resources import ResourceSampler, memory_at_limit, oom_killed_since
 from stalwart.restart import Action, Decision, RestartPolicy, State, StateMachine
+from stalwart.trainer import Trainer
 from stalwart.types import Classification, ExitCode, ExitKind, ExitStatus, signal_name
 
 logger = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 LOOP_TICK_S = 1.0
-"""Upper bound on one wait: deadlines are checked at least this often."""
-DRAIN_OUTPUT_S = 0.5
-"""How long to keep reading a dead trainer's pipes held open by an escaped descendant."""
+"""Upper bound on one wait: deadlines are checked (and children reaped) at least this often."""
 CLEARED_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 """systemd's variables are the supervisor's, not the trainer's."""
-
-
-@dataclass
-class Attempt:
-    """The trainer process of the current attempt and what we know about it."""
-
-    number: int
-    popen: subprocess.Popen[bytes]
-    started_s: float
-    resume_from: str
-    tail: deque[str]
-    stop_signal_sent: bool = False
-    killed: bool = False
-    kill_at_s: float | None = None
-    abandon_at_s: float | None = None
-    last_step: int | None = None
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
 
 
 class Supervisor:
@@ -91,7 +70,7 @@ class Supervisor:
         self.ckpt_dir = (config.checkpoint.dir or self.state_dir / "checkpoints").absolute()
         self.exit_code = ExitCode.OK
         self.final_message = ""
-        self.attempt: Attempt | None = None
+        self.attempt: Trainer | None = None
         self._relaunch_at_s: float | None = None
         self._running_at_s: float | None = None
         self._stop_requests = 0
@@ -106,6 +85,11 @@ class Supervisor:
         self._notify: NotifySocket | None = None
         self._advice_path: Path | None = None
         self._wakeup: tuple[socket.socket, socket.socket] | None = None
+        self._sampler = ResourceSampler(self.ckpt_dir)
+        self._sample_at_s = 0.0
+        self._reap_at_s = 0.0
+        self._child_exited = False
+        self.dump_dir = self.state_dir / "dumps"
 
     # setup and teardown
 
@@ -184,10 +168,12 @@ class Supervisor:
     def _teardown(self, previous: dict[int, Callable[..., object] | int | None]) -> None:
         if self.attempt is not None:
             # Only reached on an internal error: never leave a trainer behind.
-            self._kill_tree(self.attempt)
-            self.attempt.popen.wait(self.config.stop.kill_wait_s)
-            self._finish_output(self.attempt)
+            self.attempt.kill(self.config.stop.kill_wait_s)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.attempt.popen.wait(self.config.stop.kill_wait_s)
+            self.attempt.finish_output()
             self.attempt = None
+        self._sampler.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         signal.set_wakeup_fd(-1)
@@ -218,8 +204,8 @@ class Supervisor:
             self._launch()
             while not self.machine.terminal:
                 self._wait_for_events()
-                self._reap()
                 self._handle_signals()
+                self._reap()
                 self._handle_deadlines()
         finally:
             self._teardown(previous)
@@ -228,28 +214,35 @@ class Supervisor:
             logger.log(level, "%s", self.final_message)
         return int(self.exit_code)
 
+    def _deadlines(self, now_s: float) -> list[float]:
+        deadlines = [self._reap_at_s]
+        for deadline in (self._relaunch_at_s, self._running_at_s):
+            if deadline is not None:
+                deadlines.append(deadline)
+        attempt = self.attempt
+        if attempt is not None:
+            deadlines.append(self._sample_at_s)
+            for deadline in (attempt.kill_at_s, attempt.abandon_at_s):
+                if deadline is not None:
+                    deadlines.append(deadline)
+            if not attempt.hang_killed and self.machine.state is not State.STOPPING:
+                hang_at = attempt.hang.deadline_s(now_s)
+                if hang_at is not None:
+                    deadlines.append(hang_at)
+        return deadlines
+
     def _wait_for_events(self) -> None:
         now = self.clock.monotonic()
-        deadlines = [
-            d
-            for d in (
-                self._relaunch_at_s,
-                self._running_at_s,
-                self.attempt.kill_at_s if self.attempt else None,
-                self.attempt.abandon_at_s if self.attempt else None,
-            )
-            if d is not None
-        ]
-        timeout = min([LOOP_TICK_S, *(d - now for d in deadlines)])
-        if self._signals:
-            timeout = 0
+        timeout = 0.0 if self._signals else min(d - now for d in self._deadlines(now))
         for key, _ in self._selector.select(max(timeout, 0.0)):
             key.data()
 
     def _handle_signals(self) -> None:
         while self._signals:
             signum = self._signals.popleft()
-            if signum in STOP_SIGNALS:
+            if signum == signal.SIGCHLD:
+                self._child_exited = True
+            elif signum in STOP_SIGNALS:
                 self.request_stop(signal_name(signum))
 
     def _handle_deadlines(self) -> None:
@@ -268,17 +261,27 @@ class Supervisor:
             self._running_at_s = None
             self.machine.to(State.RUNNING, f"alive for {self.config.restart.started_after_s:g} s")
         attempt = self.attempt
-        if attempt is None or state is not State.STOPPING:
+        if attempt is None:
             return
+        if now >= self._sample_at_s:
+            self._sample_at_s = now + self.config.monitor.sample_interval_s
+            attempt.record_sample(self._sampler.sample(attempt.pid))
+        if (
+            not attempt.hang_killed
+            and self.machine.state is not State.STOPPING
+            and attempt.hang.is_hung(now)
+        ):
+            self._on_hang(attempt, now)
         if attempt.kill_at_s is not None and now >= attempt.kill_at_s:
-            logger.warning(
-                "%s: trainer pid %d still running %g s after %s; sending SIGKILL to its group",
-                self.config.name,
-                attempt.pid,
-                self.config.stop.grace_s,
-                self.config.stop.signal,
-            )
-            self._kill_tree(attempt)
+            if attempt.stop_signal_sent:
+                logger.warning(
+                    "%s: trainer pid %d still running %g s after %s; sending SIGKILL to its group",
+                    self.config.name,
+                    attempt.pid,
+                    self.config.stop.grace_s,
+                    self.config.stop.signal,
+                )
+            attempt.kill(self.config.stop.kill_wait_s)
         elif attempt.abandon_at_s is not None and now >= attempt.abandon_at_s:
             logger.error(
                 "%s: trainer pid %d survived SIGKILL for %g s (uninterruptible I/O?); "
@@ -287,9 +290,58 @@ class Supervisor:
                 attempt.pid,
                 self.config.stop.kill_wait_s,
             )
-            self._finish_output(attempt)
+            attempt.finish_output()
             self.attempt = None
-            self.machine.to(State.EXITED, "trainer could not be reaped")
+            verdict = Classification(
+                ExitKind.HANG if attempt.hang_killed else ExitKind.UNKNOWN,
+                True,
+                f"pid {attempt.pid} could not be reaped after SIGKILL",
+            )
+            if self._stop_requests:
+                verdict = Classification(ExitKind.STOPPED, False, verdict.reason)
+            self._conclude(attempt.number, None, verdict, attempt.uptime_s())
+
+    def _on_hang(self, attempt: Trainer, now_s: float) -> None:
+        silence = attempt.hang.silence_s(now_s) or 0.0
+        stats = attempt.hang.stats(now_s)
+        logger.error(
+            "%s: trainer pid %d is hung: no heartbeat for %.1f s (threshold %.1f s; last step %s, "
+            "%d heartbeats); collecting stacks, then killing it",
+            self.config.name,
+            attempt.pid,
+            silence,
+            attempt.hang.threshold_s(now_s) or 0.0,
+            stats.last_step,
+            stats.heartbeats,
+        )
+        attempt.hang_killed = True
+        if attempt.request_stacks(self.config.hang.dump_wait_s):
+            logger.info(
+                "%s: asked the trainer for its stacks (SIGUSR2) into %s",
+                self.config.name,
+                self.dump_dir,
+            )
+        else:
+            self._py_spy_dump(attempt)
+
+    def _py_spy_dump(self, attempt: Trainer) -> None:
+        """Stacks of a trainer without the client, if py-spy is installed (bounded in time)."""
+        py_spy = shutil.which("py-spy")
+        if py_spy is None:
+            return
+        target = self.dump_dir / f"py-spy-{attempt.pid}.txt"
+        try:
+            with target.open("w") as handle:
+                subprocess.run(
+                    [py_spy, "dump", "--pid", str(attempt.pid)],
+                    stdout=handle,
+                    stderr=subprocess.STDOUT,
+                    timeout=max(self.config.hang.dump_wait_s, 1.0),
+                    check=False,
+                )
+            logger.info("%s: py-spy stacks in %s", self.config.name, target)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            logger.warning("%s: py-spy dump failed: %s", self.config.name, exc)
 
     # stopping
 
@@ -323,20 +375,12 @@ class Supervisor:
                 self.config.stop.signal,
                 self.config.stop.grace_s,
             )
-            process.signal_group(attempt.pid, self.config.stop.signum)
-            attempt.stop_signal_sent = True
-            attempt.kill_at_s = self.clock.monotonic() + self.config.stop.grace_s
+            attempt.send_stop(self.config.stop.signum, self.config.stop.grace_s)
             self._running_at_s = None
             self.machine.to(State.STOPPING, why)
         elif not attempt.killed:
             logger.warning("%s: %s again: killing the trainer now", self.config.name, why)
-            self._kill_tree(attempt)
-
-    def _kill_tree(self, attempt: Attempt) -> None:
-        process.signal_group(attempt.pid, signal.SIGKILL)
-        attempt.killed = True
-        attempt.kill_at_s = None
-        attempt.abandon_at_s = self.clock.monotonic() + self.config.stop.kill_wait_s
+            attempt.kill(self.config.stop.kill_wait_s)
 
     # launching
 
@@ -358,6 +402,7 @@ class Supervisor:
             STALWART_RESUME_FROM=resume_from,
             STALWART_ADVICE_FILE=str(self._advice_path or ""),
             STALWART_NOTIFY_SOCKET=str(self._notify.path) if self._notify else "",
+            STALWART_DUMP_DIR=str(self.dump_dir),
         )
         return env
 
@@ -369,9 +414,20 @@ class Supervisor:
         resume_from = self._resume_from()
         now_s = self.clock.monotonic()
         self.machine.to(State.STARTING, f"attempt {number}")
+        prefix = f"[{self.config.name}#{number}] ".encode() if self.config.output.prefix else b""
         try:
-            popen = process.spawn(
-                self.config.command, self.trainer_env(number, resume_from), self.config.cwd
+            attempt = Trainer(
+                number=number,
+                argv=self.config.command,
+                env=self.trainer_env(number, resume_from),
+                cwd=self.config.cwd,
+                resume_from=resume_from,
+                selector=self._selector,
+                sinks=(self._stdout, self._stderr),
+                prefix=prefix,
+                tail_lines=self.config.output.tail_lines,
+                hang=self.config.hang,
+                clock=self.clock,
             )
         except OSError as exc:
             self.journal.start_attempt(run_id, number, None, self.clock.wall(), resume_from)
@@ -381,69 +437,63 @@ class Supervisor:
             self._conclude(number, None, verdict, 0.0)
             return
         assert self._sentinel is not None
-        self._sentinel.watch(popen.pid)
-        attempt = Attempt(
-            number, popen, now_s, resume_from, deque(maxlen=self.config.output.tail_lines)
-        )
+        self._sentinel.watch(attempt.pid)
         self.attempt = attempt
-        self.journal.start_attempt(run_id, number, popen.pid, self.clock.wall(), resume_from)
+        self.journal.start_attempt(run_id, number, attempt.pid, self.clock.wall(), resume_from)
         logger.info(
             "%s: attempt %d started: pid %d%s",
             self.config.name,
             number,
-            popen.pid,
+            attempt.pid,
             f", resuming from {resume_from}" if resume_from else "",
         )
-        prefix = f"[{self.config.name}#{number}] ".encode() if self.config.output.prefix else b""
-        for pipe, sink in ((popen.stdout, self._stdout), (popen.stderr, self._stderr)):
-            assert pipe is not None
-            os.set_blocking(pipe.fileno(), False)
-            tail = process.LineTail(sink, prefix, attempt.tail)
-            self._selector.register(pipe, selectors.EVENT_READ, _Pump(self._selector, pipe, tail))
         self._running_at_s = now_s + self.config.restart.started_after_s
+        self._sample_at_s = now_s  # a baseline sample right away (OOM evidence needs one)
 
     # trainer events
 
     def _on_notify(self) -> None:
         assert self._notify is not None
+        now_s = self.clock.monotonic()
         for message in self._notify.receive():
-            step = message.fields.get("STEP")
-            if isinstance(step, int) and self.attempt is not None:
-                self.attempt.last_step = step
+            attempt = self.attempt
+            if attempt is None:
+                continue
+            fields = message.fields
+            step = fields.get("STEP")
+            if isinstance(step, int):
+                attempt.hang.heartbeat(now_s, step)
+            elif "READY" in fields:
+                attempt.hang.heartbeat(now_s)
+            if "CKPT_BEGIN" in fields:
+                attempt.hang.checkpoint_begin(now_s)
+            if "CKPT_DONE" in fields or "CKPT_STALL_S" in fields:
+                attempt.hang.checkpoint_end(now_s)
+            status = fields.get("STATUS")
+            if isinstance(status, str):
+                attempt.status_text = status
 
     def _reap(self) -> None:
+        """Reap on SIGCHLD, and once a tick in case a signal was coalesced away."""
+        now_s = self.clock.monotonic()
+        if not self._child_exited and now_s < self._reap_at_s:
+            return
+        self._child_exited = False
+        self._reap_at_s = now_s + LOOP_TICK_S
         attempt = self.attempt
         known = {attempt.pid: attempt.popen} if attempt else {}
         exited = process.reap_exited(known)
         if attempt is not None and attempt.pid in exited:
             self._on_trainer_exit(attempt)
 
-    def _finish_output(self, attempt: Attempt) -> None:
-        """Read what the trainer's pipes still hold, then close them (bounded in time)."""
-        pumps = [
-            key.data
-            for key in list(self._selector.get_map().values())
-            if isinstance(key.data, _Pump)
-            and key.fileobj in (attempt.popen.stdout, attempt.popen.stderr)
-        ]
-        deadline = self.clock.monotonic() + DRAIN_OUTPUT_S
-        while pumps:
-            remaining = deadline - self.clock.monotonic()
-            if remaining <= 0:
-                break
-            ready, _, _ = select.select(pumps, [], [], remaining)
-            pumps = [pump for pump in pumps if pump not in ready or pump()]
-        for pump in pumps:
-            pump.close()
-
-    def _on_trainer_exit(self, attempt: Attempt) -> None:
+    def _on_trainer_exit(self, attempt: Trainer) -> None:
         assert attempt.popen.returncode is not None
         assert self._sentinel is not None
-        uptime_s = self.clock.monotonic() - attempt.started_s
+        uptime_s = attempt.uptime_s()
         # The leader is gone; whatever it left in its group or orphaned to us goes too.
         process.signal_group(attempt.pid, signal.SIGKILL)
         process.kill_orphans({self._sentinel.pid})
-        self._finish_output(attempt)
+        attempt.finish_output()
         self._sentinel.forget(attempt.pid)
         self.attempt = None
         self._running_at_s = None
@@ -452,6 +502,11 @@ class Supervisor:
             attempt=attempt.number,
             uptime_s=uptime_s,
             stop_requested=self._stop_requests > 0,
+            hang_killed=attempt.hang_killed,
+            memory_at_limit=memory_at_limit(
+                attempt.last_sample, self.config.monitor.memory_limit_fraction
+            )
+            or oom_killed_since(attempt.first_sample, self._sampler.sample(None)),
         )
         verdict = classify(
             status,
@@ -512,38 +567,3 @@ class Supervisor:
                 f"See `stalwart history {name}`; fix the cause, then run again."
             )
             self.machine.to(State.FATAL, decision.reason)
-
-
-class _Pump:
-    """Selector callback that moves one pipe's bytes into its LineTail."""
-
-    def __init__(
-        self, selector: selectors.BaseSelector, pipe: IO[bytes], tail: process.LineTail
-    ) -> None:
-        self._selector = selector
-        self._pipe = pipe
-        self._tail = tail
-
-    def fileno(self) -> int:
-        return self._pipe.fileno()
-
-    def __call__(self) -> bool:
-        """Read what is available; False once the pipe is closed."""
-        try:
-            data = os.read(self._pipe.fileno(), 65536)
-        except BlockingIOError:
-            return True
-        except OSError:
-            data = b""
-        if data:
-            self._tail.feed(data)
-            return True
-        self.close()
-        return False
-
-    def close(self) -> None:
-        if self._pipe.closed:
-            return
-        self._tail.close()
-        self._selector.unregister(self._pipe)
-        self._pipe.close()

@@ -1,0 +1,224 @@
+"""The trainer's side of the contract, for any Python training loop. No torch import.
+
+    from stalwart.client import Client
+    sw = Client()                      # a no-op when not run under `stalwart run`
+    start = ...                        # restore from sw.resume_from if set
+    for step in range(start, total):
+        train_step()
+        sw.step(step)                  # heartbeat: STEP=n
+        if sw.should_checkpoint(step):
+            t0 = time.monotonic(); save(step); sw.saved(step, stall_s=time.monotonic() - t0)
+        if sw.should_exit():           # drain requested (stop, preemption): saved, now leave
+            break
+
+Heartbeats and reports go over a unix datagram socket (one `sendto` each, never
+blocking: a full or missing socket drops the datagram). The advice file is read
+at most once per call through one `stat`, parsed only when it changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+import json
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_INTERVAL_S = 1800.0
+
+
+class Client:
+    """Heartbeats, checkpoint reports and advice. Every method is safe to call standalone."""
+
+    def __init__(
+        self,
+        environ: Mapping[str, str] | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        dump_stacks: bool = True,
+    ) -> None:
+        env = os.environ if environ is None else environ
+        self._clock = clock
+        self.run_id = env.get("STALWART_RUN_ID", "")
+        self.attempt = int(env.get("STALWART_ATTEMPT", "0") or 0)
+        self.ckpt_dir = Path(env["STALWART_CKPT_DIR"]) if env.get("STALWART_CKPT_DIR") else None
+        self.resume_from = env.get("STALWART_RESUME_FROM", "") or None
+        self._notify_path = env.get("STALWART_NOTIFY_SOCKET", "")
+        self._advice_path = env.get("STALWART_ADVICE_FILE", "")
+        self._sock: socket.socket | None = None
+        if self._notify_path:
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            self._sock.setblocking(False)
+        self._advice_key: tuple[int, int, int] | None = None
+        self._advice: dict[str, Any] = {
+            "interval_s": DEFAULT_INTERVAL_S,
+            "checkpoint_now": 0,
+            "drain": False,
+            "deadline_unix": None,
+        }
+        self._acked_checkpoint_now = 0
+        self._last_save_s = clock()
+        self._saved_since_drain = False
+        self._dump_file: IO[str] | None = None
+        dump_dir = env.get("STALWART_DUMP_DIR", "")
+        if dump_stacks and dump_dir:
+            self._install_stack_dump(Path(dump_dir))
+        self._read_advice()
+        self._acked_checkpoint_now = int(self._advice["checkpoint_now"])
+
+    @property
+    def supervised(self) -> bool:
+        return bool(self._notify_path or self._advice_path)
+
+    # notify
+
+    def send(self, **fields: object) -> None:
+        """Send KEY=VALUE lines in one datagram; dropped silently when nobody listens."""
+        if self._sock is None:
+            return
+        payload = "\n".join(f"{key}={value}" for key, value in fields.items()).encode()
+        # Supervisor gone or its queue full: training must not stop for that.
+        with contextlib.suppress(OSError):
+            self._sock.sendto(payload, self._notify_path)
+
+    def ready(self) -> None:
+        self.send(READY=1)
+
+    def step(self, step: int) -> None:
+        """Heartbeat: this step is done."""
+        self.send(STEP=int(step))
+
+    def status(self, text: str) -> None:
+        self.send(STATUS=text.replace("\n", " "))
+
+    def checkpoint_begin(self, step: int) -> None:
+        self.send(CKPT_BEGIN=int(step))
+
+    def checkpoint_done(
+        self,
+        step: int,
+        *,
+        stall_s: float,
+        persist_s: float | None = None,
+        size_bytes: int | None = None,
+        path: str | os.PathLike[str] | None = None,
+    ) -> None:
+        """Report a finished save: the time training was blocked, and until it was durable."""
+        fields: dict[str, object] = {"CKPT_STALL_S": f"{max(stall_s, 0.0):.6f}"}
+        if persist_s is not None:
+            fields["CKPT_PERSIST_S"] = f"{max(persist_s, 0.0):.6f}"
+        if size_bytes is not None:
+            fields["CKPT_BYTES"] = int(size_bytes)
+        fields["CKPT_DONE"] = os.fspath(path) if path is not None else str(step)
+        self.send(**fields)
+
+    def done(self) -> None:
+        self.send(DONE=1)
+
+    # advice
+
+    def _read_advice(self) -> None:
+        if not self._advice_path:
+            return
+        try:
+            st = os.stat(self._advice_path)
+        except OSError:
+            return
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if key == self._advice_key:
+            return
+        try:
+            with open(self._advice_path, encoding="utf-8") as handle:
+                data = json.load(handle)
+        except (OSError, ValueError):
+            return  # replaced atomically, so this is a real fault; keep the last good advice
+        if isinstance(data, dict):
+            self._advice.update(data)
+            self._advice_key = key
+
+    @property
+    def interval_s(self) -> float:
+        self._read_advice()
+        return float(self._advice["interval_s"])
+
+    @property
+    def deadline_unix(self) -> float | None:
+        self._read_advice()
+        value = self._advice.get("deadline_unix")
+        return float(value) if value is not None else None
+
+    @property
+    def drain(self) -> bool:
+        self._read_advice()
+        return bool(self._advice["drain"])
+
+    def should_checkpoint(self, step: int, now_s: float | None = None) -> bool:
+        """True at a step boundary where a save is due: interval elapsed, asked for, or draining."""
+        self._read_advice()
+        now = self._clock() if now_s is None else now_s
+        if int(self._advice["checkpoint_now"]) > self._acked_checkpoint_now:
+            return True
+        if self._advice["drain"] and not self._saved_since_drain:
+            return True
+        return now - self._last_save_s >= float(self._advice["interval_s"])
+
+    def saved(
+        self,
+        step: int,
+        *,
+        stall_s: float | None = None,
+        persist_s: float | None = None,
+        size_bytes: int | None = None,
+        path: str | os.PathLike[str] | None = None,
+        now_s: float | None = None,
+    ) -> None:
+        """Record a completed (durable) save; reports its costs when given."""
+        self._last_save_s = self._clock() if now_s is None else now_s
+        self._acked_checkpoint_now = int(self._advice["checkpoint_now"])
+        if self._advice["drain"]:
+            self._saved_since_drain = True
+        if stall_s is not None:
+            self.checkpoint_done(
+                step, stall_s=stall_s, persist_s=persist_s, size_bytes=size_bytes, path=path
+            )
+
+    def should_exit(self) -> bool:
+        """True once a drain was requested and a save has completed since."""
+        return self.drain and self._saved_since_drain
+
+    # diagnostics
+
+    def _install_stack_dump(self, dump_dir: Path) -> None:
+        """On SIGUSR2 the supervisor gets every thread's Python stack, even if the GIL is stuck."""
+        try:
+            dump_dir.mkdir(parents=True, exist_ok=True)
+            self._dump_file = open(  # noqa: SIM115 - must stay open for faulthandler
+                dump_dir / f"stacks-{os.getpid()}.txt", "a", encoding="utf-8"
+            )
+            faulthandler.register(signal.SIGUSR2, file=self._dump_file, all_threads=True)
+        except (OSError, ValueError, RuntimeError) as exc:
+            logger.warning("stack dumps unavailable: %s", exc)
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if self._dump_file is not None:
+            with contextlib.suppress(ValueError, RuntimeError):
+                faulthandler.unregister(signal.SIGUSR2)
+            self._dump_file.close()
+            self._dump_file = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

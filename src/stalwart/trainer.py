@@ -1,0 +1,173 @@
+"""One attempt's trainer process: spawned, its output pumped, signalled, killed, drained.
+
+The supervisor owns the decisions; this module owns the mechanics of one child
+process and what is observed about it (output tail, heartbeats, resources).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import selectors
+import signal
+import subprocess
+from collections import deque
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO, BinaryIO
+
+from stalwart import process
+from stalwart.clock import Clock
+from stalwart.config import HangConfig
+from stalwart.monitor import HangDetector
+from stalwart.resources import ResourceSample
+
+logger = logging.getLogger(__name__)
+
+DRAIN_OUTPUT_S = 0.5
+"""How long to keep reading a dead trainer's pipes held open by an escaped descendant."""
+
+
+class Pump:
+    """Selector callback that moves one pipe's bytes into its LineTail."""
+
+    def __init__(
+        self, selector: selectors.BaseSelector, pipe: IO[bytes], tail: process.LineTail
+    ) -> None:
+        self._selector = selector
+        self._pipe = pipe
+        self._tail = tail
+
+    def fileno(self) -> int:
+        return self._pipe.fileno()
+
+    @property
+    def closed(self) -> bool:
+        return self._pipe.closed
+
+    def __call__(self) -> bool:
+        """Read what is available; False once the pipe is closed."""
+        try:
+            data = os.read(self._pipe.fileno(), 65536)
+        except BlockingIOError:
+            return True
+        except OSError:
+            data = b""
+        if data:
+            self._tail.feed(data)
+            return True
+        self.close()
+        return False
+
+    def close(self) -> None:
+        if self._pipe.closed:
+            return
+        self._tail.close()
+        self._selector.unregister(self._pipe)
+        self._pipe.close()
+
+
+def catches_signal(pid: int, signum: int) -> bool:
+    """Does the process have a handler for `signum`? (SigCgt in /proc/PID/status)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) & (1 << (signum - 1)))
+    except (OSError, ValueError):
+        pass
+    return False
+
+
+class Trainer:
+    """The trainer process of one attempt and what is known about it."""
+
+    def __init__(
+        self,
+        *,
+        number: int,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        cwd: Path | None,
+        resume_from: str,
+        selector: selectors.BaseSelector,
+        sinks: tuple[BinaryIO, BinaryIO],
+        prefix: bytes,
+        tail_lines: int,
+        hang: HangConfig,
+        clock: Clock,
+    ) -> None:
+        self.number = number
+        self.resume_from = resume_from
+        self._clock = clock
+        self.popen: subprocess.Popen[bytes] = process.spawn(argv, env, cwd)
+        self.started_s = clock.monotonic()
+        self.tail: deque[str] = deque(maxlen=tail_lines)
+        self.hang = HangDetector(hang)
+        self.status_text = ""
+        self.stop_signal_sent = False
+        self.killed = False
+        self.hang_killed = False
+        self.kill_at_s: float | None = None
+        self.abandon_at_s: float | None = None
+        self.first_sample: ResourceSample | None = None
+        self.last_sample: ResourceSample | None = None
+        self.peak_rss_bytes = 0
+        self._pumps: list[Pump] = []
+        for pipe, sink in ((self.popen.stdout, sinks[0]), (self.popen.stderr, sinks[1])):
+            assert pipe is not None
+            os.set_blocking(pipe.fileno(), False)
+            pump = Pump(selector, pipe, process.LineTail(sink, prefix, self.tail))
+            selector.register(pipe, selectors.EVENT_READ, pump)
+            self._pumps.append(pump)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def uptime_s(self) -> float:
+        return self._clock.monotonic() - self.started_s
+
+    def record_sample(self, sample: ResourceSample) -> None:
+        if self.first_sample is None:
+            self.first_sample = sample
+        self.last_sample = sample
+        self.peak_rss_bytes = max(self.peak_rss_bytes, sample.tree_rss_bytes)
+
+    def send_stop(self, signum: int, grace_s: float) -> None:
+        """The stop signal, once, to the whole group; SIGKILL follows after the grace."""
+        if not self.stop_signal_sent:
+            process.signal_group(self.pid, signum)
+            self.stop_signal_sent = True
+        self.kill_at_s = self._clock.monotonic() + grace_s
+
+    def request_stacks(self, dump_wait_s: float) -> bool:
+        """Ask a client-instrumented trainer for its Python stacks; kill after `dump_wait_s`."""
+        asked = False
+        if catches_signal(self.pid, signal.SIGUSR2):
+            os.kill(self.pid, signal.SIGUSR2)
+            # A SIGSTOPped trainer only handles it once continued.
+            os.kill(self.pid, signal.SIGCONT)
+            asked = True
+        self.kill_at_s = self._clock.monotonic() + (dump_wait_s if asked else 0.0)
+        return asked
+
+    def kill(self, kill_wait_s: float) -> None:
+        process.signal_group(self.pid, signal.SIGKILL)
+        self.killed = True
+        self.kill_at_s = None
+        self.abandon_at_s = self._clock.monotonic() + kill_wait_s
+
+    def finish_output(self) -> None:
+        """Read what the pipes still hold, then close them (bounded in time)."""
+        pumps = [pump for pump in self._pumps if not pump.closed]
+        deadline = self._clock.monotonic() + DRAIN_OUTPUT_S
+        while pumps:
+            remaining = deadline - self._clock.monotonic()
+            if remaining <= 0:
+                break
+            ready, _, _ = select.select(pumps, [], [], remaining)
+            pumps = [pump for pump in pumps if pump not in ready or pump()]
+        for pump in pumps:
+            pump.close()
