@@ -1,0 +1,125 @@
+"""The checkpoint store: atomic commits, verified resume, quarantine, retention, foreign
+formats and observation. See DESIGN.md "Checkpoint on disk" for the on-disk contract.
+"""
+
+from stalwart.checkpoint.discovery import (
+    CheckpointInfo,
+    Discovery,
+    MemoryVerifyCache,
+    ResumeDecision,
+    VerifiedBy,
+    VerifyCache,
+    examine,
+    find_newest_intact,
+    list_checkpoints,
+    prepare_resume,
+    remove_leftovers,
+)
+from stalwart.checkpoint.errors import (
+    CheckpointInvalid,
+    CheckpointStoreError,
+    CommitFailed,
+    Defect,
+    DiskFull,
+    NotStable,
+    StepExists,
+)
+from stalwart.checkpoint.formats import (
+    ForeignFormat,
+    FormatLimits,
+    FormatStatus,
+    FormatVerdict,
+    check_foreign,
+)
+from stalwart.checkpoint.fsops import FsOps
+from stalwart.checkpoint.layout import (
+    CheckpointState,
+    EntryKind,
+    QuarantineReason,
+    checkpoint_name,
+    parse_step,
+    scan,
+)
+from stalwart.checkpoint.manifest import FileEntry, HashAlgo, Manifest, parse_manifest
+from stalwart.checkpoint.observe import (
+    Adopted,
+    CheckpointObserver,
+    WriteKind,
+    WriteObserved,
+    WriteTracker,
+    adopt,
+)
+from stalwart.checkpoint.quarantine import Quarantined, quarantine
+from stalwart.checkpoint.retention import (
+    Keep,
+    RetentionItem,
+    RetentionPlan,
+    RetentionPolicy,
+    apply_retention,
+    disk_free_bytes,
+    plan_retention,
+    retention_items,
+)
+from stalwart.checkpoint.store import CheckpointStore, CommitStage, Committed, Transaction
+from stalwart.checkpoint.verify import CacheKey, Verdict, VerifyLevel, verify
+
+__all__ = [
+    "Adopted",
+    "CacheKey",
+    "CheckpointInfo",
+    "CheckpointInvalid",
+    "CheckpointObserver",
+    "CheckpointState",
+    "CheckpointStore",
+    "CheckpointStoreError",
+    "CommitFailed",
+    "CommitStage",
+    "Committed",
+    "Defect",
+    "Discovery",
+    "DiskFull",
+    "EntryKind",
+    "FileEntry",
+    "ForeignFormat",
+    "FormatLimits",
+    "FormatStatus",
+    "FormatVerdict",
+    "FsOps",
+    "HashAlgo",
+    "Keep",
+    "Manifest",
+    "MemoryVerifyCache",
+    "NotStable",
+    "QuarantineReason",
+    "Quarantined",
+    "ResumeDecision",
+    "RetentionItem",
+    "RetentionPlan",
+    "RetentionPolicy",
+    "StepExists",
+    "Transaction",
+    "Verdict",
+    "VerifiedBy",
+    "VerifyCache",
+    "VerifyLevel",
+    "WriteKind",
+    "WriteObserved",
+    "WriteTracker",
+    "adopt",
+    "apply_retention",
+    "check_foreign",
+    "checkpoint_name",
+    "disk_free_bytes",
+    "examine",
+    "find_newest_intact",
+    "list_checkpoints",
+    "parse_manifest",
+    "parse_step",
+    "plan_retention",
+    "prepare_resume",
+    "quarantine",
+    "remove_leftovers",
+    "retention_items",
+    "scan",
+    "verify",
+]

@@ -1,0 +1,254 @@
+"""Names on disk (DESIGN.md "Checkpoint on disk") and the scan that sorts a directory into them.
+
+<root>/step-000001234/                       committed (MANIFEST.json inside is the commit)
+<root>/.staging-step-000001234-<pid>/        a save in progress; never resumed from
+<root>/.deleting-step-000001234-<pid>/       a prune in progress; removed at start
+<root>/.quarantine/<name>-<reason>/          failed verification or poison; never deleted silently
+<root>/<foreign>                             written by the trainer itself, matched by a glob
+<root>/<foreign file>.MANIFEST.json          manifest of an adopted foreign file
+"""
+
+from __future__ import annotations
+
+import enum
+import fnmatch
+import os
+import re
+import stat
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+MANIFEST_NAME = "MANIFEST.json"
+ADOPTED_SUFFIX = ".MANIFEST.json"
+"""Suffix of the manifest written beside an adopted foreign checkpoint file."""
+STEP_PREFIX = "step-"
+STEP_DIGITS = 9
+STAGING_PREFIX = ".staging-"
+DELETING_PREFIX = ".deleting-"
+QUARANTINE_DIR = ".quarantine"
+
+_STEP_RE = re.compile(r"step-(\d{9,})")
+_STAGING_RE = re.compile(r"\.staging-step-(\d{9,})-(\d+)")
+_FOREIGN_STEP_RES = (
+    re.compile(r"(?:^|[^a-z])step[=_-]?(\d+)", re.IGNORECASE),  # Lightning: epoch=1-step=500
+    re.compile(r"^checkpoint[-_](\d+)$"),  # Hugging Face: checkpoint-500
+    re.compile(r"(\d+)(?:\.[A-Za-z0-9]+)?$"),  # anything ending in a number: model_500.pt
+)
+
+
+class CheckpointState(enum.Enum):
+    """What is known about one checkpoint on disk."""
+
+    INTACT = "intact"
+    """Passed verification (digests for managed or adopted ones, format checks for foreign)."""
+    UNVERIFIED = "unverified"
+    """Not checked (yet), or only partly: never assumed intact."""
+    CORRUPT = "corrupt"
+    """Failed verification; to be quarantined."""
+    QUARANTINED = "quarantined"
+    """Moved to .quarantine/; never resumed from."""
+    STAGING = "staging"
+    """A save that has not committed (or never will: removed at start)."""
+
+
+class EntryKind(enum.Enum):
+    MANAGED = "managed"
+    FOREIGN = "foreign"
+    STAGING = "staging"
+    DELETING = "deleting"
+    QUARANTINED = "quarantined"
+
+
+class QuarantineReason(enum.Enum):
+    CORRUPT = "corrupt"
+    """Failed verification (digests, sizes, manifest)."""
+    INVALID = "invalid"
+    """A foreign checkpoint that failed its format check."""
+    POISON = "poison"
+    """Verified intact, but attempts resumed from it keep failing (restart policy)."""
+    MANUAL = "manual"
+    """Put aside by a person."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One top-level name in the checkpoint directory (or in .quarantine/)."""
+
+    name: str
+    path: Path
+    kind: EntryKind
+    step: int | None
+    is_dir: bool
+    is_symlink: bool
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A checkpoint directory sorted by kind; `managed` and `foreign` newest first."""
+
+    root: Path
+    managed: tuple[Entry, ...]
+    foreign: tuple[Entry, ...]
+    staging: tuple[Entry, ...]
+    deleting: tuple[Entry, ...]
+    quarantined: tuple[Entry, ...]
+
+    @property
+    def candidates(self) -> tuple[Entry, ...]:
+        """Everything that might be resumed from, newest first."""
+        return tuple(newest_first([*self.managed, *self.foreign]))
+
+
+def checkpoint_name(step: int) -> str:
+    if step < 0:
+        raise ValueError(f"a checkpoint step is >= 0, got {step}")
+    return f"{STEP_PREFIX}{step:0{STEP_DIGITS}d}"
+
+
+def parse_step(name: str) -> int | None:
+    """The step of a committed checkpoint's name (`step-000001234` -> 1234), else None."""
+    match = _STEP_RE.fullmatch(name)
+    return int(match.group(1)) if match else None
+
+
+def staging_name(step: int, pid: int) -> str:
+    return f"{STAGING_PREFIX}{checkpoint_name(step)}-{pid}"
+
+
+def parse_staging(name: str) -> tuple[int, int] | None:
+    """(step, writer pid) of a staging directory's name, else None."""
+    match = _STAGING_RE.fullmatch(name)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def deleting_name(name: str, pid: int) -> str:
+    return f"{DELETING_PREFIX}{name}-{pid}"
+
+
+def foreign_step(name: str) -> int | None:
+    """Best-effort step of a foreign checkpoint from its name; None when the name has none."""
+    for pattern in _FOREIGN_STEP_RES:
+        match = pattern.search(name)
+        if match:
+            return int(match.group(1))
+    return None
+
+
+def adopted_manifest_path(path: Path) -> Path:
+    """Where the manifest of a checkpoint lives: inside a directory, beside a file."""
+    return path.with_name(path.name + ADOPTED_SUFFIX)
+
+
+def quarantine_name(name: str, reason: QuarantineReason, taken: Iterable[str] = ()) -> str:
+    """`<name>-<reason>`, with `.2`, `.3`, ... when quarantined before (nothing is overwritten)."""
+    base = f"{name}-{reason.value}"
+    used = set(taken)
+    if base not in used:
+        return base
+    counter = 2
+    while f"{base}.{counter}" in used:
+        counter += 1
+    return f"{base}.{counter}"
+
+
+def newest_first(entries: Sequence[Entry]) -> list[Entry]:
+    """Order by step, newest first; entries without a step (`last.ckpt`) go by mtime among them.
+
+    Steps are authoritative where they exist (a copied directory has a new mtime but the
+    same step); a name without a step is placed before the first stepped entry it is newer than.
+    """
+    stepped = sorted(
+        (e for e in entries if e.step is not None),
+        key=lambda e: (e.step, e.mtime_ns, e.name),
+        reverse=True,
+    )
+    unstepped = sorted(
+        (e for e in entries if e.step is None), key=lambda e: (e.mtime_ns, e.name), reverse=True
+    )
+    merged: list[Entry] = []
+    i = j = 0
+    while i < len(stepped) or j < len(unstepped):
+        take_unstepped = j < len(unstepped) and (
+            i == len(stepped) or unstepped[j].mtime_ns >= stepped[i].mtime_ns
+        )
+        if take_unstepped:
+            merged.append(unstepped[j])
+            j += 1
+        else:
+            merged.append(stepped[i])
+            i += 1
+    return merged
+
+
+def _entry(path: Path, name: str, kind: EntryKind, step: int | None, st: os.stat_result) -> Entry:
+    return Entry(
+        name=name,
+        path=path,
+        kind=kind,
+        step=step,
+        is_dir=stat.S_ISDIR(st.st_mode),
+        is_symlink=stat.S_ISLNK(st.st_mode),
+        mtime_ns=st.st_mtime_ns,
+    )
+
+
+def matches_foreign(name: str, foreign_globs: Sequence[str]) -> bool:
+    """Whether a top-level name is a foreign checkpoint per the configured globs."""
+    if name.startswith(".") or name.endswith(ADOPTED_SUFFIX) or name == MANIFEST_NAME:
+        return False
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in foreign_globs)
+
+
+def scan(root: Path, foreign_globs: Sequence[str] = ()) -> Listing:
+    """Sort the top level of `root` (no reading, one lstat per name). Missing root: empty."""
+    managed: list[Entry] = []
+    foreign: list[Entry] = []
+    staging: list[Entry] = []
+    deleting: list[Entry] = []
+    quarantined: list[Entry] = []
+    try:
+        handles = list(os.scandir(root))
+    except FileNotFoundError:
+        handles = []
+    for handle in handles:
+        name = handle.name
+        try:
+            st = handle.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue  # removed while we looked
+        path = Path(handle.path)
+        step = parse_step(name)
+        if step is not None:
+            managed.append(_entry(path, name, EntryKind.MANAGED, step, st))
+        elif (staged := parse_staging(name)) is not None:
+            staging.append(_entry(path, name, EntryKind.STAGING, staged[0], st))
+        elif name.startswith(DELETING_PREFIX):
+            deleting.append(_entry(path, name, EntryKind.DELETING, None, st))
+        elif name == QUARANTINE_DIR and stat.S_ISDIR(st.st_mode):
+            quarantined.extend(_scan_quarantine(path))
+        elif matches_foreign(name, foreign_globs):
+            foreign.append(_entry(path, name, EntryKind.FOREIGN, foreign_step(name), st))
+    return Listing(
+        root=root,
+        managed=tuple(newest_first(managed)),
+        foreign=tuple(newest_first(foreign)),
+        staging=tuple(sorted(staging, key=lambda e: e.name)),
+        deleting=tuple(sorted(deleting, key=lambda e: e.name)),
+        quarantined=tuple(sorted(quarantined, key=lambda e: e.name)),
+    )
+
+
+def _scan_quarantine(path: Path) -> list[Entry]:
+    entries = []
+    for handle in os.scandir(path):
+        try:
+            st = handle.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        original = handle.name.rsplit("-", 1)[0]
+        entries.append(
+            _entry(Path(handle.path), handle.name, EntryKind.QUARANTINED, parse_step(original), st)
+        )
+    return entries

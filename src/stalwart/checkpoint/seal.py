@@ -1,0 +1,126 @@
+"""Sealing: make every file under a directory durable and compute its digest in one pass.
+
+The fsyncs run in a helper thread while this one reads and hashes: fsync releases the GIL
+and the file is still in the page cache, so the digests cost almost nothing on top of the
+writes the checkpoint needs anyway.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from stalwart.checkpoint.fsops import FsOps
+from stalwart.checkpoint.manifest import FileEntry, HashAlgo, path_problem
+from stalwart.checkpoint.verify import DEFAULT_CHUNK_BYTES, file_digest
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """The files of a directory, fsynced, with their sizes and digests."""
+
+    files: tuple[FileEntry, ...]
+    dirs: tuple[str, ...]
+    """Subdirectories, deepest first, each to be fsynced after the files in it."""
+
+
+class SealFailure(Exception):
+    """Internal: which file an OSError was about."""
+
+    def __init__(self, file: str | None, error: OSError) -> None:
+        super().__init__(file, error)
+        self.file = file
+        self.error = error
+
+
+def _collect(base: Path) -> tuple[list[str], list[str]]:
+    """Relative paths of the regular files and the directories under `base`."""
+    files: list[str] = []
+    dirs: list[str] = []
+
+    def walk(directory: Path, prefix: str) -> None:
+        for handle in sorted(os.scandir(directory), key=lambda h: h.name):
+            rel = prefix + handle.name
+            mode = handle.stat(follow_symlinks=False).st_mode
+            if stat.S_ISDIR(mode):
+                walk(Path(handle.path), rel + "/")
+                dirs.append(rel)
+            elif stat.S_ISREG(mode):
+                files.append(rel)
+            else:
+                kind = "a symlink" if stat.S_ISLNK(mode) else "not a regular file"
+                raise ValueError(f"{rel} is {kind}; a checkpoint holds only files and directories")
+
+    walk(base, "")
+    return files, dirs
+
+
+def seal(
+    base: Path,
+    algo: HashAlgo,
+    ops: FsOps,
+    *,
+    exclude: frozenset[str] = frozenset(),
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> Sealed:
+    """fsync every file under `base` while computing its digest (two threads, one pass).
+
+    Raises ValueError for symlinks or special files, SealFailure for I/O errors.
+    """
+    files, dirs = _collect(base)
+    files = [f for f in files if f not in exclude]
+    for rel in files:
+        problem = path_problem(rel)
+        if problem is not None:
+            raise ValueError(f"{rel!r}: {problem}")
+    sync_error: list[BaseException] = []
+    hashing_failed = threading.Event()
+
+    def sync_all() -> None:
+        for rel in files:
+            if hashing_failed.is_set():
+                return
+            try:
+                ops.fsync_file(base / rel)
+            except OSError as exc:
+                sync_error.append(SealFailure(rel, exc))
+                return
+            except BaseException as exc:  # re-raised in the caller's thread
+                sync_error.append(exc)
+                return
+
+    syncer = threading.Thread(target=sync_all, name="stalwart-ckpt-fsync", daemon=True)
+    syncer.start()
+    entries = []
+    buffer = bytearray(chunk_bytes)
+    try:
+        for rel in files:
+            try:
+                digest, size = file_digest(base / rel, algo, buffer=buffer)
+            except OSError as exc:
+                raise SealFailure(rel, exc) from exc
+            entries.append(FileEntry(path=rel, size_bytes=size, digest=digest))
+    except BaseException:
+        hashing_failed.set()
+        raise
+    finally:
+        syncer.join()
+    if sync_error:
+        raise sync_error[0]
+    return Sealed(files=tuple(entries), dirs=tuple(dirs))
+
+
+def write_durable(ops: FsOps, path: Path, data: bytes, hook: Callable[[], None] | None) -> None:
+    """Create `path` with `data` and fsync it (`hook` runs between the write and the fsync)."""
+    fd = ops.create(path)
+    try:
+        ops.write(fd, data)
+        if hook is not None:
+            hook()
+        ops.fsync(fd)
+    finally:
+        ops.close(fd)

@@ -1,0 +1,401 @@
+"""The atomic commit (DESIGN.md "Checkpoint on disk").
+
+    with store.begin(step) as tx:
+        torch.save(state, tx.path("model.pt"))
+        tx.write_bytes("extra.json", data)
+    # committed here on a clean exit; on an exception the staging directory is removed
+
+Commit order: write files in staging -> fsync each -> write MANIFEST.json -> fsync it ->
+fsync the staging directory (and any inside it) -> os.replace to the final name -> fsync
+the parent. Digests are computed while the files are being fsynced (fsync releases the
+GIL), so hashing costs almost nothing on top of the writes.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import json
+import logging
+import os
+import stat
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from stalwart.checkpoint.errors import CommitFailed, DiskFull, StepExists
+from stalwart.checkpoint.fsops import FsOps, is_out_of_space
+from stalwart.checkpoint.layout import MANIFEST_NAME, checkpoint_name, staging_name
+from stalwart.checkpoint.manifest import (
+    HashAlgo,
+    Manifest,
+    path_problem,
+    render_manifest,
+)
+from stalwart.checkpoint.seal import SealFailure, seal, write_durable
+from stalwart.checkpoint.verify import DEFAULT_CHUNK_BYTES
+from stalwart.clock import Clock, SystemClock
+
+logger = logging.getLogger(__name__)
+
+
+class CommitStage(enum.Enum):
+    """Points inside a commit, in order; a hook sees each one just before it is passed."""
+
+    FILES_WRITTEN = "files_written"
+    """Files are written, none fsynced yet."""
+    FILES_SYNCED = "files_synced"
+    """Files are durable; MANIFEST.json is not written yet."""
+    MANIFEST_WRITTEN = "manifest_written"
+    """MANIFEST.json is written, not fsynced yet."""
+    STAGING_SYNCED = "staging_synced"
+    """The staging directory is durable; not renamed yet."""
+    RENAMED = "renamed"
+    """Renamed to its final name; the parent directory is not fsynced yet."""
+    DURABLE = "durable"
+    """Committed and durable."""
+
+
+StageHook = Callable[[CommitStage], None]
+
+
+@dataclass(frozen=True)
+class Committed:
+    """A checkpoint that was committed durably."""
+
+    name: str
+    path: Path
+    step: int
+    manifest: Manifest
+    persist_s: float
+    """From the start of the commit (files written) until durable."""
+
+
+def _check_meta(meta: Mapping[str, Any] | None) -> dict[str, Any]:
+    meta = dict(meta or {})
+    try:
+        json.dumps(meta, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"checkpoint meta must be JSON-serializable: {exc}") from None
+    return meta
+
+
+class TxState(enum.Enum):
+    OPEN = "open"
+    COMMITTED = "committed"
+    ABORTED = "aborted"
+
+
+class Transaction:
+    """One save in progress, in its own staging directory; see CheckpointStore.begin."""
+
+    def __init__(
+        self, store: CheckpointStore, step: int, staging: Path, meta: dict[str, Any]
+    ) -> None:
+        self.store = store
+        self.step = step
+        self.name = checkpoint_name(step)
+        self.dir = staging
+        """The staging directory: write anything under it, or use `path()`."""
+        self.meta = meta
+        self.state = TxState.OPEN
+        self.committed: Committed | None = None
+
+    def path(self, relpath: str) -> Path:
+        """Where to write `relpath` (e.g. "model.pt", "shards/0.bin"); parent dirs are created."""
+        self._require_open()
+        problem = path_problem(relpath)
+        if problem is not None or relpath == MANIFEST_NAME:
+            why = problem or "MANIFEST.json is written by the store"
+            raise ValueError(f"checkpoint {self.name}: cannot write {relpath!r}: {why}")
+        target = self.dir / relpath
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target
+
+    def write_bytes(self, relpath: str, data: bytes | bytearray | memoryview) -> Path:
+        """Write one file of the checkpoint (made durable at commit)."""
+        target = self.path(relpath)
+        ops = self.store.ops
+        try:
+            fd = ops.create(target)
+            try:
+                ops.write(fd, data)
+            finally:
+                ops.close(fd)
+        except OSError as exc:
+            self.abort()
+            raise self.store.commit_error(self.name, relpath, exc) from exc
+        return target
+
+    def commit(self) -> Committed:
+        """Make the checkpoint durable under its final name; on failure, remove staging."""
+        self._require_open()
+        try:
+            committed = self.store.finish(
+                self.dir, self.step, self.meta, rename=True, staging_owned=True
+            )
+        except BaseException:
+            self.state = TxState.ABORTED
+            raise
+        self.state = TxState.COMMITTED
+        self.committed = committed
+        return committed
+
+    def abort(self) -> None:
+        """Remove the staging directory; idempotent."""
+        if self.state is not TxState.OPEN:
+            return
+        self.state = TxState.ABORTED
+        self.store.remove_staging(self.dir)
+
+    def _require_open(self) -> None:
+        if self.state is not TxState.OPEN:
+            raise RuntimeError(f"checkpoint {self.name}: transaction is {self.state.value}")
+
+    def __enter__(self) -> Transaction:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            if self.state is TxState.OPEN:
+                self.commit()
+        else:
+            self.abort()
+
+
+class CheckpointStore:
+    """Writes checkpoints into `root` with the atomic commit protocol."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        run_id: str = "",
+        attempt: int = 0,
+        hash_algo: HashAlgo = HashAlgo.XXH3_128,
+        ops: FsOps | None = None,
+        clock: Clock | None = None,
+        on_stage: StageHook | None = None,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    ) -> None:
+        self.root = Path(root)
+        self.run_id = run_id
+        self.attempt = attempt
+        self.hash_algo = hash_algo
+        self.ops = ops or FsOps()
+        self.clock: Clock = clock or SystemClock()
+        self.on_stage = on_stage
+        self.chunk_bytes = chunk_bytes
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **kwargs: Any) -> CheckpointStore:
+        """The store a supervised trainer should use ($STALWART_CKPT_DIR, _RUN_ID, _ATTEMPT)."""
+        env = os.environ if environ is None else environ
+        root = env.get("STALWART_CKPT_DIR", "")
+        if not root:
+            raise ValueError(
+                "STALWART_CKPT_DIR is not set; run under `stalwart run` or pass a root"
+            )
+        return cls(
+            Path(root),
+            run_id=env.get("STALWART_RUN_ID", ""),
+            attempt=int(env.get("STALWART_ATTEMPT", "0") or 0),
+            **kwargs,
+        )
+
+    def begin(self, step: int, *, meta: Mapping[str, Any] | None = None) -> Transaction:
+        """Start a save of `step` in a fresh staging directory beside its final place."""
+        if step < 0:
+            raise ValueError(f"a checkpoint step is >= 0, got {step}")
+        checked_meta = _check_meta(meta)
+        name = checkpoint_name(step)
+        if os.path.lexists(self.root / name):
+            raise StepExists(
+                name, None, "already committed", "save a later step; committed ones are final"
+            )
+        self._ensure_root()
+        staging = self.root / staging_name(step, os.getpid())
+        if os.path.lexists(staging):
+            self.remove_staging(staging)  # an earlier save of ours that failed to clean up
+        try:
+            self.ops.mkdir(staging)
+        except OSError as exc:
+            raise self.commit_error(name, None, exc) from exc
+        return Transaction(self, step, staging, checked_meta)
+
+    def save_bytes(
+        self, step: int, files: Mapping[str, bytes], *, meta: Mapping[str, Any] | None = None
+    ) -> Committed:
+        """Commit a checkpoint made of the given files in one call."""
+        with self.begin(step, meta=meta) as tx:
+            for relpath, data in files.items():
+                tx.write_bytes(relpath, data)
+        assert tx.committed is not None
+        return tx.committed
+
+    def commit_directory(
+        self, src: Path, step: int, *, meta: Mapping[str, Any] | None = None
+    ) -> Committed:
+        """Commit a directory written elsewhere (e.g. by torch.distributed.checkpoint).
+
+        `src` must be on the checkpoint directory's file system; it is renamed, not copied.
+        On failure it is left where it was (without the manifest this call wrote into it).
+        """
+        name = checkpoint_name(step)
+        checked_meta = _check_meta(meta)
+        src = Path(src)
+        st = os.lstat(src)
+        if not stat.S_ISDIR(st.st_mode):
+            raise CommitFailed(name, str(src), "not a directory", "pass the directory to commit")
+        self._ensure_root()
+        if os.stat(self.root).st_dev != st.st_dev:
+            raise CommitFailed(
+                name,
+                str(src),
+                "on another file system than the checkpoint directory",
+                f"write it under {self.root} (e.g. into store.begin(step).dir)",
+            )
+        if os.path.lexists(src / MANIFEST_NAME):
+            raise CommitFailed(
+                name, MANIFEST_NAME, "already present", "remove it; the store writes it"
+            )
+        return self.finish(src, step, checked_meta, rename=True, staging_owned=False)
+
+    def finish(
+        self,
+        base: Path,
+        step: int,
+        meta: dict[str, Any],
+        *,
+        rename: bool,
+        staging_owned: bool,
+    ) -> Committed:
+        """Seal `base`, write its manifest, rename it to `step`'s name and make it durable."""
+        name = checkpoint_name(step)
+        final = self.root / name
+        started_s = self.clock.monotonic()
+        renamed = False
+        file: str | None = None
+        try:
+            self._stage(CommitStage.FILES_WRITTEN)
+            try:
+                sealed = seal(
+                    base,
+                    self.hash_algo,
+                    self.ops,
+                    exclude=frozenset((MANIFEST_NAME,)),
+                    chunk_bytes=self.chunk_bytes,
+                )
+            except SealFailure as failure:
+                file = failure.file
+                raise failure.error from None
+            except ValueError as exc:
+                raise CommitFailed(name, None, str(exc), "remove it and save again") from None
+            self._stage(CommitStage.FILES_SYNCED)
+            manifest = Manifest(
+                step=step,
+                created_unix=self.clock.wall(),
+                run_id=self.run_id,
+                attempt=self.attempt,
+                hash=self.hash_algo,
+                files=sealed.files,
+                meta=meta,
+            )
+            file = MANIFEST_NAME
+            write_durable(
+                self.ops,
+                base / MANIFEST_NAME,
+                render_manifest(manifest),
+                lambda: self._stage(CommitStage.MANIFEST_WRITTEN),
+            )
+            file = None
+            for rel in sealed.dirs:
+                self.ops.fsync_dir(base / rel)
+            self.ops.fsync_dir(base)
+            self._stage(CommitStage.STAGING_SYNCED)
+            if rename:
+                if os.path.lexists(final):
+                    raise StepExists(name, None, "already committed", "save a later step")
+                try:
+                    self.ops.replace(base, final)
+                except OSError as exc:
+                    if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                        raise StepExists(
+                            name, None, "committed concurrently", "save a later step"
+                        ) from None
+                    raise
+                renamed = True
+                self._stage(CommitStage.RENAMED)
+                self.ops.fsync_dir(self.root)
+                if base.parent != self.root:
+                    self.ops.fsync_dir(base.parent)
+            self._stage(CommitStage.DURABLE)
+        except OSError as exc:
+            self._cleanup(base, staging_owned=staging_owned, renamed=renamed)
+            raise self.commit_error(name, file, exc) from exc
+        except BaseException:
+            self._cleanup(base, staging_owned=staging_owned, renamed=renamed)
+            raise
+        persist_s = self.clock.monotonic() - started_s
+        logger.info(
+            "committed checkpoint %s (%d bytes, %.3f s)", name, manifest.total_bytes, persist_s
+        )
+        return Committed(
+            name=name,
+            path=final if rename else base,
+            step=step,
+            manifest=manifest,
+            persist_s=persist_s,
+        )
+
+    def commit_error(self, name: str, file: str | None, exc: OSError) -> CommitFailed:
+        detail = exc.strerror or str(exc)
+        if is_out_of_space(exc):
+            return DiskFull(
+                name,
+                file,
+                f"out of space: {detail}",
+                f"free space under {self.root} or keep fewer checkpoints; "
+                "the save was discarded and the previous checkpoint is intact",
+            )
+        return CommitFailed(
+            name, file, detail, "the save was discarded and the previous checkpoint is intact"
+        )
+
+    def remove_staging(self, staging: Path) -> None:
+        try:
+            self.ops.remove_tree(staging)
+        except OSError as exc:
+            logger.warning(
+                "could not remove staging directory %s: %s; it is removed at the next start",
+                staging,
+                exc,
+            )
+
+    def _cleanup(self, base: Path, *, staging_owned: bool, renamed: bool) -> None:
+        if renamed:
+            return  # it is at its final name; verification decides what it is worth
+        if staging_owned:
+            self.remove_staging(base)
+        else:
+            try:
+                (base / MANIFEST_NAME).unlink(missing_ok=True)
+            except OSError as exc:
+                logger.warning("could not remove %s: %s", base / MANIFEST_NAME, exc)
+
+    def _ensure_root(self) -> None:
+        if self.root.is_dir():
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.ops.fsync_dir(self.root.parent)
+
+    def _stage(self, stage: CommitStage) -> None:
+        if self.on_stage is not None:
+            self.on_stage(stage)
