@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import datetime
+import json
 import logging
 import os
 import sys
@@ -11,22 +11,60 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from stalwart import __version__, config, paths
+from stalwart import __version__, config, control, install, paths, status_view
 from stalwart.errors import StalwartError, UsageError
 from stalwart.journal import Journal
+from stalwart.status_view import fmt_time, table
 from stalwart.types import signal_name
 
 logger = logging.getLogger("stalwart")
 
 
-def _setup_logging(verbosity: int) -> None:
-    level = logging.DEBUG if verbosity > 0 else logging.INFO
-    # journald stamps every line itself; a terminal user wants the time.
-    under_journal = bool(os.environ.get("JOURNAL_STREAM"))
-    fmt = "stalwart %(levelname)s %(message)s"
-    if not under_journal:
-        fmt = "%(asctime)s " + fmt
-    logging.basicConfig(level=level, format=fmt, datefmt="%H:%M:%S", stream=sys.stderr)
+SYSLOG_PRIORITY = {
+    logging.CRITICAL: 2,
+    logging.ERROR: 3,
+    logging.WARNING: 4,
+    logging.INFO: 6,
+    logging.DEBUG: 7,
+}
+
+
+class JournalFormatter(logging.Formatter):
+    """Under systemd: `<N>` priority prefixes and no timestamps (journald adds its own)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = SYSLOG_PRIORITY.get(record.levelno, 6)
+        return f"<{priority}>{super().format(record)}"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": record.created,
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def _setup_logging(verbosity: int, log_format: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    elif os.environ.get("JOURNAL_STREAM"):
+        handler.setFormatter(JournalFormatter("%(message)s"))
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s stalwart %(levelname)s %(message)s", "%H:%M:%S")
+        )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbosity > 0 else logging.INFO)
 
 
 def _split_command(argv: Sequence[str]) -> tuple[list[str], list[str] | None]:
@@ -46,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"stalwart {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="debug logging")
+    parser.add_argument(
+        "--log-format", choices=["text", "json"], default="text", help="log line format"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser(
@@ -79,6 +120,29 @@ def _parser() -> argparse.ArgumentParser:
     history.add_argument("name", nargs="?", default="default", help="job name")
     history.add_argument("--state-dir", type=Path, help="state directory of the job")
     history.add_argument("--all", action="store_true", help="every run, not just the latest")
+
+    for command, text in (
+        ("status", "what the job is doing (from its supervisor, or its journal if stopped)"),
+        ("stop", "drain the job: checkpoint if the trainer can, stop, exit 0"),
+        ("checkpoint", "ask the trainer for a checkpoint at its next step"),
+    ):
+        sub = commands.add_parser(command, help=text)
+        sub.add_argument("name", nargs="?", default="default", help="job name")
+        sub.add_argument("--state-dir", type=Path, help="state directory of the job")
+        sub.add_argument("--json", action="store_true", help="machine-readable output")
+
+    systemd = commands.add_parser("systemd", help="run jobs as systemd services")
+    systemd_commands = systemd.add_subparsers(
+        dest="systemd_command", required=True, metavar="ACTION"
+    )
+    install = systemd_commands.add_parser(
+        "install", help="validate CONFIG, install it as /etc/stalwart/NAME.yaml, install the unit"
+    )
+    install.add_argument("name")
+    install.add_argument("config", type=Path)
+    install.add_argument("--dry-run", action="store_true", help="print what would be written")
+    install.add_argument("--root", type=Path, default=Path("/"), help="install under this root")
+    install.add_argument("--executable", help="path of `stalwart` for ExecStart")
     return parser
 
 
@@ -110,23 +174,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fmt_time(unix: float | None) -> str:
-    if unix is None:
-        return "-"
-    return datetime.datetime.fromtimestamp(unix).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [
-        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
-    ]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    return "\n".join(lines) + "\n"
-
-
 def cmd_history(args: argparse.Namespace) -> int:
-    state = paths.state_dir(args.name, args.state_dir, os.environ)
+    state = paths.find_state_dir(args.name, args.state_dir, os.environ)
     journal_path = state / "journal.sqlite"
     if not journal_path.exists():
         raise UsageError(
@@ -140,7 +189,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         for run in runs:
             sys.stdout.write(
                 f"run {run.run_id} ({run.name}): {run.status}, "
-                f"started {_fmt_time(run.started_unix)}\n  command: {' '.join(run.command)}\n"
+                f"started {fmt_time(run.started_unix)}\n  command: {' '.join(run.command)}\n"
             )
             rows = []
             for a in journal.attempts(run.run_id):
@@ -153,7 +202,7 @@ def cmd_history(args: argparse.Namespace) -> int:
                 rows.append(
                     [
                         str(a.attempt),
-                        _fmt_time(a.started_unix),
+                        fmt_time(a.started_unix),
                         f"{a.uptime_s:.1f}" if a.uptime_s is not None else "-",
                         ended,
                         a.kind or "-",
@@ -161,8 +210,54 @@ def cmd_history(args: argparse.Namespace) -> int:
                     ]
                 )
             sys.stdout.write(
-                _table(["attempt", "started", "uptime_s", "ended", "kind", "decision"], rows)
+                table(["attempt", "started", "uptime_s", "ended", "kind", "decision"], rows)
             )
+    return 0
+
+
+def cmd_control(args: argparse.Namespace) -> int:
+    """status / stop / checkpoint: ask the running supervisor; fall back to the journal."""
+    state = paths.find_state_dir(args.name, args.state_dir, os.environ)
+    runtime = paths.recorded_runtime_dir(state)
+    snapshot: dict[str, Any] | None = None
+    if runtime is not None and (runtime / "control.sock").exists():
+        try:
+            snapshot = control.request(runtime / "control.sock", args.command)
+        except (OSError, ValueError) as exc:
+            logger.debug("control socket unavailable: %s", exc)
+    if snapshot is None:
+        journal_path = state / "journal.sqlite"
+        if not journal_path.exists():
+            raise UsageError(
+                f"no job {args.name!r} here (no journal at {journal_path}); "
+                "pass --state-dir, or the job's name"
+            )
+        if args.command != "status":
+            raise UsageError(f"job {args.name!r} is not running; nothing to {args.command}")
+        snapshot = status_view.from_journal(journal_path, args.name)
+    if not snapshot.get("ok", False):
+        raise UsageError(f"supervisor refused: {snapshot.get('error')}")
+    if args.json:
+        sys.stdout.write(json.dumps(snapshot, indent=2, default=str) + "\n")
+    else:
+        if args.command == "stop":
+            sys.stdout.write(f"{args.name}: stop requested; the trainer is draining\n")
+        elif args.command == "checkpoint":
+            sys.stdout.write(f"{args.name}: checkpoint requested\n")
+        sys.stdout.write(status_view.render(snapshot))
+    return 0
+
+
+def cmd_systemd_install(args: argparse.Namespace) -> int:
+    executable = args.executable or install.stalwart_executable()
+    actions = install.plan(args.name, args.config, args.root, executable)
+    for action in actions:
+        verb = "would write" if args.dry_run else "writing"
+        sys.stdout.write(f"{verb} {action.target} (mode {action.mode:o}): {action.what}\n")
+    if args.dry_run:
+        return 0
+    install.apply(actions)
+    sys.stdout.write(install.next_steps(args.name))
     return 0
 
 
@@ -176,12 +271,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     if command is not None and args.command != "run":
         parser.error("`-- CMD` is only valid with `stalwart run`")
-    _setup_logging(args.verbose)
+    _setup_logging(args.verbose, args.log_format)
     try:
         if args.command == "run":
             return cmd_run(args, command)
         if args.command == "config":
             return cmd_config_check(args)
+        if args.command in ("status", "stop", "checkpoint"):
+            return cmd_control(args)
+        if args.command == "systemd":
+            return cmd_systemd_install(args)
         return cmd_history(args)
     except StalwartError as exc:
         logger.error("%s", exc)

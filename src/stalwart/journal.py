@@ -216,6 +216,15 @@ class Journal:
             ),
         )
 
+    def kind_counts(self, run_id: str) -> dict[str, int]:
+        """How many attempts of the run ended in each kind."""
+        rows = self._db.execute(
+            "SELECT kind, COUNT(*) FROM attempts WHERE run_id = ? AND kind IS NOT NULL "
+            "GROUP BY kind ORDER BY kind",
+            (run_id,),
+        )
+        return {str(kind): int(count) for kind, count in rows}
+
     def attempts(self, run_id: str | None = None) -> list[AttemptRecord]:
         query = (
             "SELECT run_id, attempt, pid, started_unix, ended_unix, exit_code, signal, kind, "

@@ -20,6 +20,29 @@ def state_dir(name: str, configured: Path | None, environ: Mapping[str, str]) ->
     return Path.cwd() / ".stalwart" / name
 
 
+SYSTEM_STATE_ROOT = Path("/var/lib/stalwart")
+RUNTIME_POINTER = "runtime_dir"
+"""A file in the state dir naming the runtime dir, so `stalwart status` finds the sockets."""
+
+
+def find_state_dir(name: str, configured: Path | None, environ: Mapping[str, str]) -> Path:
+    """The state dir of an existing job: like `state_dir`, then the systemd location."""
+    if configured is not None or environ.get("STATE_DIRECTORY"):
+        return state_dir(name, configured, environ)
+    for candidate in (Path.cwd() / ".stalwart" / name, SYSTEM_STATE_ROOT / name):
+        if (candidate / "journal.sqlite").exists():
+            return candidate
+    return state_dir(name, configured, environ)
+
+
+def recorded_runtime_dir(state: Path) -> Path | None:
+    try:
+        text = (state / RUNTIME_POINTER).read_text().strip()
+    except OSError:
+        return None
+    return Path(text) if text else None
+
+
 def runtime_dir(name: str, state: Path, environ: Mapping[str, str]) -> Path:
     """$RUNTIME_DIRECTORY (systemd), else $XDG_RUNTIME_DIR/stalwart/<name>, else <state>/run."""
     systemd_dirs = environ.get("RUNTIME_DIRECTORY", "")
@@ -57,8 +80,8 @@ class StateLock:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             raise AlreadyRunning(
-                f"the job is already running (supervisor pid {holder} holds {self.path}); "
-                "stop it first or use another --name / --state-dir"
+                f"the job is already running (pid {holder}; lock {self.path}); "
+                "stop it first (`stalwart stop NAME`) or use another --name / --state-dir"
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

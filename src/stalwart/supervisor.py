@@ -9,6 +9,8 @@ only record the signal; this loop acts on it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import logging
 import os
 import random
@@ -28,12 +30,14 @@ from stalwart.advice import Advice, write_advice
 from stalwart.classify import ExitContext, classify, compile_rules
 from stalwart.clock import Clock, SystemClock
 from stalwart.config import JobConfig
+from stalwart.control import Connection, ControlServer
 from stalwart.errors import UsageError
 from stalwart.journal import Journal, RunRecord, RunStatus
 from stalwart.notify import NotifySocket
 from stalwart.resources import ResourceSampler, memory_at_limit, oom_killed_since
 from stalwart.restart import Action, Decision, RestartPolicy, State, StateMachine
-from stalwart.trainer import Trainer
+from stalwart.sdnotify import SystemdNotifier
+from stalwart.trainer import Trainer, catches_signal
 from stalwart.types import Classification, ExitCode, ExitKind, ExitStatus, signal_name
 
 logger = logging.getLogger(__name__)
@@ -90,6 +94,10 @@ class Supervisor:
         self._reap_at_s = 0.0
         self._child_exited = False
         self.dump_dir = self.state_dir / "dumps"
+        self._control: ControlServer | None = None
+        self.journal_first_attempt = -1
+        self._systemd = SystemdNotifier(self.environ)
+        self._watchdog_at_s = 0.0
 
     # setup and teardown
 
@@ -133,6 +141,7 @@ class Supervisor:
         runtime = paths.ensure_private_dir(
             paths.runtime_dir(self.config.name, self.state_dir, self.environ)
         )
+        (self.state_dir / paths.RUNTIME_POINTER).write_text(f"{runtime}\n")
         self._advice_path = runtime / "advice.json"
         write_advice(self._advice_path, self._advice)
         try:
@@ -141,6 +150,12 @@ class Supervisor:
             logger.warning("no notify socket (%s); heartbeats are unavailable", exc)
         else:
             self._selector.register(self._notify.sock, selectors.EVENT_READ, self._on_notify)
+        try:
+            self._control = ControlServer(runtime / "control.sock")
+        except OSError as exc:
+            logger.warning("no control socket (%s); `stalwart status` reads the journal", exc)
+        else:
+            self._selector.register(self._control.sock, selectors.EVENT_READ, self._on_control)
 
     def _install_signals(self) -> dict[int, Callable[..., object] | int | None]:
         reader, writer = socket.socketpair()
@@ -174,6 +189,9 @@ class Supervisor:
             self.attempt.finish_output()
             self.attempt = None
         self._sampler.close()
+        if self._control is not None:
+            self._control.close()
+        self._systemd.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         signal.set_wakeup_fd(-1)
@@ -216,6 +234,8 @@ class Supervisor:
 
     def _deadlines(self, now_s: float) -> list[float]:
         deadlines = [self._reap_at_s]
+        if self._systemd.watchdog_interval_s is not None:
+            deadlines.append(self._watchdog_at_s)
         for deadline in (self._relaunch_at_s, self._running_at_s):
             if deadline is not None:
                 deadlines.append(deadline)
@@ -247,6 +267,10 @@ class Supervisor:
 
     def _handle_deadlines(self) -> None:
         now = self.clock.monotonic()
+        if self._systemd.watchdog_interval_s is not None and now >= self._watchdog_at_s:
+            # Pinged from the loop itself: if the loop wedges, systemd restarts us.
+            self._systemd.watchdog()
+            self._watchdog_at_s = now + self._systemd.watchdog_interval_s
         state = self.machine.state
         if (
             state is State.BACKOFF
@@ -266,6 +290,7 @@ class Supervisor:
         if now >= self._sample_at_s:
             self._sample_at_s = now + self.config.monitor.sample_interval_s
             attempt.record_sample(self._sampler.sample(attempt.pid))
+            self._systemd.status(self._status_line())
         if (
             not attempt.hang_killed
             and self.machine.state is not State.STOPPING
@@ -343,6 +368,103 @@ class Supervisor:
         except (OSError, subprocess.TimeoutExpired) as exc:
             logger.warning("%s: py-spy dump failed: %s", self.config.name, exc)
 
+    # control and status
+
+    def _on_control(self) -> None:
+        assert self._control is not None
+        connection = self._control.accept()
+        if connection is not None:
+            self._selector.register(
+                connection.sock,
+                selectors.EVENT_READ,
+                functools.partial(self._on_control_request, connection),
+            )
+
+    def _on_control_request(self, connection: Connection) -> None:
+        try:
+            request = connection.read_request()
+        except (ValueError, EOFError) as exc:
+            self._selector.unregister(connection.sock)
+            connection.respond({"ok": False, "error": str(exc) or "connection closed"})
+            return
+        if request is None:
+            return
+        self._selector.unregister(connection.sock)
+        if not connection.allowed:
+            connection.respond(
+                {"ok": False, "error": f"permission denied for uid {connection.uid}"}
+            )
+            return
+        command = request["cmd"]
+        if command == "stop":
+            self.request_stop("`stalwart stop`")
+        elif command == "checkpoint":
+            self.checkpoint_now("`stalwart checkpoint`")
+        connection.respond(self.status())
+
+    def checkpoint_now(self, why: str) -> None:
+        """Ask for a checkpoint at the next step boundary (advice counter; SIGUSR1 if caught)."""
+        self._advice = dataclasses.replace(
+            self._advice, checkpoint_now=self._advice.checkpoint_now + 1
+        )
+        if self._advice_path is not None:
+            write_advice(self._advice_path, self._advice)
+        attempt = self.attempt
+        if attempt is not None and catches_signal(attempt.pid, signal.SIGUSR1):
+            os.kill(attempt.pid, signal.SIGUSR1)
+        logger.info("%s: %s: checkpoint requested", self.config.name, why)
+
+    def _status_line(self) -> str:
+        attempt = self.attempt
+        if attempt is None:
+            return f"{self.machine.state.value}"
+        stats = attempt.hang.stats(self.clock.monotonic())
+        step = f", step {stats.last_step}" if stats.last_step is not None else ""
+        return (
+            f"{self.machine.state.value}: attempt {attempt.number}, pid {attempt.pid}{step}, "
+            f"interval {self._advice.interval_s:g} s"
+        )
+
+    def status(self) -> dict[str, object]:
+        """What `stalwart status` shows, as plain JSON-able data."""
+        assert self.journal is not None
+        assert self.run_record is not None
+        now_s = self.clock.monotonic()
+        attempt = self.attempt
+        snapshot: dict[str, object] = {
+            "ok": True,
+            "running": True,
+            "name": self.config.name,
+            "run_id": self.run_record.run_id,
+            "supervisor_pid": os.getpid(),
+            "state": self.machine.state.value,
+            "interval_s": self._advice.interval_s,
+            "checkpoint_now": self._advice.checkpoint_now,
+            "drain": self._advice.drain,
+            "ckpt_dir": str(self.ckpt_dir),
+            "failures": self.journal.kind_counts(self.run_record.run_id),
+            "failures_in_window": self.policy.failures_in_window,
+            "next_launch_in_s": (
+                max(self._relaunch_at_s - now_s, 0.0) if self._relaunch_at_s is not None else None
+            ),
+        }
+        if attempt is not None:
+            stats = attempt.hang.stats(now_s)
+            sample = attempt.last_sample
+            snapshot.update(
+                attempt=attempt.number,
+                pid=attempt.pid,
+                uptime_s=round(attempt.uptime_s(), 3),
+                resume_from=attempt.resume_from,
+                step=stats.last_step,
+                steps_per_s=stats.steps_per_s,
+                heartbeat_age_s=attempt.hang.silence_s(now_s),
+                hang_threshold_s=attempt.hang.threshold_s(now_s),
+                trainer_status=attempt.status_text,
+                resources=dataclasses.asdict(sample) if sample is not None else None,
+            )
+        return snapshot
+
     # stopping
 
     def request_stop(self, why: str) -> None:
@@ -350,12 +472,7 @@ class Supervisor:
         self._stop_requests += 1
         state = self.machine.state
         if self._stop_requests == 1:
-            self._advice = Advice(
-                interval_s=self._advice.interval_s,
-                checkpoint_now=self._advice.checkpoint_now,
-                drain=True,
-                deadline_unix=self._advice.deadline_unix,
-            )
+            self._advice = dataclasses.replace(self._advice, drain=True)
             if self._advice_path is not None:
                 write_advice(self._advice_path, self._advice)
         if state is State.BACKOFF:
@@ -378,6 +495,10 @@ class Supervisor:
             attempt.send_stop(self.config.stop.signum, self.config.stop.grace_s)
             self._running_at_s = None
             self.machine.to(State.STOPPING, why)
+            self._systemd.stopping(f"stopping: {why}")
+            self._systemd.extend_timeout(
+                self.config.stop.grace_s + self.config.stop.kill_wait_s + 5.0
+            )
         elif not attempt.killed:
             logger.warning("%s: %s again: killing the trainer now", self.config.name, why)
             attempt.kill(self.config.stop.kill_wait_s)
@@ -411,6 +532,8 @@ class Supervisor:
         assert self.run_record is not None
         run_id = self.run_record.run_id
         number = self.journal.next_attempt(run_id)
+        if self.journal_first_attempt < 0:
+            self.journal_first_attempt = number
         resume_from = self._resume_from()
         now_s = self.clock.monotonic()
         self.machine.to(State.STARTING, f"attempt {number}")
@@ -448,6 +571,10 @@ class Supervisor:
             f", resuming from {resume_from}" if resume_from else "",
         )
         self._running_at_s = now_s + self.config.restart.started_after_s
+        if number == self.journal_first_attempt:
+            self._systemd.ready(self._status_line())
+        else:
+            self._systemd.status(self._status_line())
         self._sample_at_s = now_s  # a baseline sample right away (OOM evidence needs one)
 
     # trainer events
