@@ -1,0 +1,253 @@
+"""`stalwart simulate`: replay failures against checkpoint-interval strategies, print
+the waste of each and its ratio to the oracle's, and optionally plot it.
+
+The engine is `stalwart.simulation`; the failure processes `stalwart.failure_models`.
+The plot needs matplotlib (the optional extra `stalwart[plot]`), imported only then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from stalwart.failure_models import (
+    DriftFailures,
+    FailureProcess,
+    PoissonFailures,
+    TraceFailures,
+    WeibullFailures,
+    load_trace,
+)
+from stalwart.interval import IntervalConfig
+from stalwart.simulation import (
+    Scenario,
+    SimulationResult,
+    default_strategies,
+    lost_and_checkpoint,
+    simulate,
+    total,
+)
+
+# --- the command line -----------------------------------------------------------------
+
+HOUR_S = 3600.0
+
+
+def _minutes_list(text: str) -> list[float]:
+    values = [float(part) for part in text.replace(",", " ").split()]
+    if not values or any(not (math.isfinite(v) and v > 0) for v in values):
+        raise argparse.ArgumentTypeError(f"expected minutes > 0, got {text!r}")
+    return values
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def _nonnegative(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stalwart simulate",
+        description="Replay failures against checkpoint-interval strategies and compare "
+        "their waste (lost work + save time + restart time) with the oracle's.",
+    )
+    parser.add_argument(
+        "--failures", choices=["poisson", "weibull", "drift", "trace"], default="poisson"
+    )
+    parser.add_argument("--mtbf-h", type=_positive, default=8.0, help="mean time between failures")
+    parser.add_argument("--shape", type=_positive, default=0.6, help="Weibull shape (< 1: bursty)")
+    parser.add_argument(
+        "--mtbf-after-h", type=_positive, help="drift: MTBF after the change (default MTBF / 8)"
+    )
+    parser.add_argument(
+        "--change-at-h", type=_nonnegative, help="drift: wall time of the change (default work/2)"
+    )
+    parser.add_argument("--ramp-h", type=_nonnegative, default=0.0, help="drift: 0 is a step")
+    parser.add_argument("--trace", type=Path, help="file of failure times, seconds, one per line")
+    parser.add_argument("--ckpt-cost-s", type=_positive, default=120.0, help="save cost C")
+    parser.add_argument(
+        "--ckpt-jitter", type=_nonnegative, default=0.0, help="log-normal sigma on each save cost"
+    )
+    parser.add_argument("--restart-cost-s", type=_nonnegative, default=600.0, help="restart R")
+    parser.add_argument("--work-h", type=_positive, default=168.0, help="compute the job needs")
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--fixed-min",
+        type=_minutes_list,
+        action="extend",
+        help="fixed intervals to compare, minutes, e.g. '5,15,30' (default 5 15 30 60 120)",
+    )
+    parser.add_argument(
+        "--prior-mtbf-h", type=_positive, help="adaptive: prior MTBF (default: IntervalConfig's)"
+    )
+    parser.add_argument(
+        "--half-life-h", type=_positive, help="adaptive: forgetting half-life of run time"
+    )
+    parser.add_argument("--plot", type=Path, metavar="OUT.png", help="draw the result (matplotlib)")
+    return parser
+
+
+def _process(args: argparse.Namespace) -> FailureProcess:
+    mtbf_s = args.mtbf_h * HOUR_S
+    if args.failures == "weibull":
+        return WeibullFailures(mtbf_s, args.shape)
+    if args.failures == "drift":
+        after_h = args.mtbf_after_h if args.mtbf_after_h is not None else args.mtbf_h / 8
+        change_h = args.change_at_h if args.change_at_h is not None else args.work_h / 2
+        return DriftFailures(mtbf_s, after_h * HOUR_S, change_h * HOUR_S, args.ramp_h * HOUR_S)
+    if args.failures == "trace":
+        return load_trace(args.trace)
+    return PoissonFailures(mtbf_s)
+
+
+def describe(process: FailureProcess) -> str:
+    if isinstance(process, WeibullFailures):
+        return f"Weibull failures (shape {process.shape:g}), MTBF {process.mtbf_s / HOUR_S:g} h"
+    if isinstance(process, DriftFailures):
+        ramp = f" over {process.ramp_s / HOUR_S:g} h" if process.ramp_s > 0 else ""
+        return (
+            f"failures with MTBF {process.mtbf_s / HOUR_S:g} h, changing at "
+            f"{process.change_at_s / HOUR_S:g} h{ramp} to {process.mtbf_after_s / HOUR_S:g} h"
+        )
+    if isinstance(process, TraceFailures):
+        return (
+            f"trace of {len(process.times_s)} failures, "
+            f"mean gap {process.mtbf_at_s(0.0) / HOUR_S:.3g} h"
+        )
+    if isinstance(process, PoissonFailures):
+        return f"Poisson failures, MTBF {process.mtbf_s / HOUR_S:g} h"
+    return type(process).__name__
+
+
+def format_table(result: SimulationResult, baseline: str = "oracle") -> str:
+    """Per-run means per strategy, and the waste ratios to `baseline` (with standard errors)."""
+    scenario = result.scenario
+    names = {r.name for r in result.strategies}
+    notes: list[str] = []
+    lines = [
+        f"{describe(scenario.process)}; C = {scenario.ckpt_s:g} s, R = {scenario.restart_s:g} s, "
+        f"work {scenario.work_s / HOUR_S:g} h; {scenario.runs} runs, seed {scenario.seed}",
+        "per run: mean interval, failures, and hours lost, saving, restarting, wasted in all",
+        f"{'strategy':<20} {'interval':>9} {'failures':>8} {'lost':>7} {'saving':>7} "
+        f"{'restart':>7} {'waste':>7} {'x ' + baseline:>14} {'x (lost+saving)':>16}",
+    ]
+    for strategy in result.strategies:
+        cells = [
+            f"{strategy.name:<20}",
+            f"{strategy.mean(lambda r: r.mean_interval_s) / 60:>5.1f} min",
+            f"{strategy.mean(lambda r: float(r.failures)):>8.1f}",
+            f"{strategy.mean(lambda r: r.lost_s) / HOUR_S:>7.2f}",
+            f"{strategy.mean(lambda r: r.checkpoint_s) / HOUR_S:>7.2f}",
+            f"{strategy.mean(lambda r: r.restart_s) / HOUR_S:>7.2f}",
+            f"{strategy.mean(total) / HOUR_S:>7.2f}",
+        ]
+        for measure, width in ((total, 14), (lost_and_checkpoint, 16)):
+            if baseline in names:
+                ratio, error = result.ratio(strategy.name, baseline, measure)
+                cells.append(f"{ratio:.3f} ±{error:.3f}".rjust(width))
+            else:
+                cells.append("-".rjust(width))
+        lines.append(" ".join(cells))
+        unfinished = sum(not run.finished for run in strategy.runs)
+        if unfinished:
+            notes.append(
+                f"{strategy.name}: {unfinished} of {len(strategy.runs)} runs did not finish within "
+                f"{scenario.max_wall_factor:g}x the work; their waste is a lower bound"
+            )
+    return "\n".join(lines + notes)
+
+
+def plot(result: SimulationResult, path: Path, baseline: str = "oracle") -> None:
+    """Stacked mean waste per strategy, labelled with its ratio to `baseline`."""
+    # Through import_module: matplotlib is an optional extra, typed only when present.
+    importlib.import_module("matplotlib").use("Agg")
+    plt = importlib.import_module("matplotlib.pyplot")
+
+    names = [s.name for s in result.strategies]
+    parts = [
+        ("lost work", lambda r: r.lost_s),
+        ("saving", lambda r: r.checkpoint_s),
+        ("restarting", lambda r: r.restart_s),
+    ]
+    figure, axes = plt.subplots(figsize=(max(6.0, 1.1 * len(names)), 4.5))
+    bottoms = [0.0] * len(names)
+    for label, part in parts:
+        heights = [s.mean(part) / HOUR_S for s in result.strategies]
+        axes.bar(names, heights, bottom=bottoms, label=label)
+        bottoms = [b + h for b, h in zip(bottoms, heights, strict=True)]
+    if baseline in names:
+        for index, strategy in enumerate(result.strategies):
+            ratio, _ = result.ratio(strategy.name, baseline)
+            axes.annotate(f"{ratio:.2f}x", (index, bottoms[index]), ha="center", va="bottom")
+    axes.set_ylabel("waste per run (h)")
+    axes.set_title(describe(result.scenario.process), fontsize=10)
+    axes.tick_params(axis="x", labelrotation=30)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`stalwart simulate`: print the waste table (and draw it with --plot). 0, or 2 on misuse."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.failures == "trace" and args.trace is None:
+        parser.error("--failures trace needs --trace FILE")
+    if args.runs < 1:
+        parser.error("--runs must be >= 1")
+    if args.plot is not None:
+        try:
+            importlib.import_module("matplotlib")
+        except ImportError:
+            print(
+                "stalwart simulate: --plot needs matplotlib (pip install 'stalwart[plot]')",
+                file=sys.stderr,
+            )
+            return 2
+    try:
+        process = _process(args)
+    except (OSError, ValueError) as exc:
+        print(f"stalwart simulate: {exc}", file=sys.stderr)
+        return 2
+    overrides: dict[str, float] = {}
+    if args.prior_mtbf_h is not None:
+        overrides["prior_mtbf_s"] = args.prior_mtbf_h * HOUR_S
+    if args.half_life_h is not None:
+        overrides["half_life_s"] = args.half_life_h * HOUR_S
+    scenario = Scenario(
+        process=process,
+        ckpt_s=args.ckpt_cost_s,
+        restart_s=args.restart_cost_s,
+        work_s=args.work_h * HOUR_S,
+        runs=args.runs,
+        seed=args.seed,
+        ckpt_jitter=args.ckpt_jitter,
+    )
+    strategies = default_strategies(
+        args.fixed_min or (5, 15, 30, 60, 120), IntervalConfig.model_validate(overrides)
+    )
+    result = simulate(scenario, strategies)
+    print(format_table(result))
+    if args.plot is not None:
+        plot(result, args.plot)
+        print(f"plot written to {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
