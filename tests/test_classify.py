@@ -101,6 +101,16 @@ def test_configured_rules_and_codes_come_first() -> None:
     assert coded.kind is ExitKind.USER_ERROR and not coded.retryable
 
 
+def test_drained_exit_zero_is_not_completion() -> None:
+    drained = ExitStatus(0, None)
+    assert (
+        classify(drained, [], ExitContext(1, 5, preemption_pending=True)).kind is ExitKind.PREEMPTED
+    )
+    assert classify(drained, [], ExitContext(1, 5, stop_requested=True)).kind is ExitKind.STOPPED
+    finished = ExitContext(1, 5, stop_requested=True, done_reported=True)
+    assert classify(drained, [], finished).kind is ExitKind.COMPLETED
+
+
 def test_exit_zero_completes() -> None:
     verdict = classify(ExitStatus(0, None), ["CUDA error"], LATER)
     assert verdict.kind is ExitKind.COMPLETED
@@ -118,6 +128,7 @@ contexts = st.builds(
     hang_killed=st.booleans(),
     preemption_pending=st.booleans(),
     memory_at_limit=st.booleans(),
+    done_reported=st.booleans(),
 )
 
 
@@ -127,8 +138,12 @@ def test_classify_is_total_and_consistent(
 ) -> None:
     verdict = classify(status, tail, context)
     assert verdict.reason
-    if context.stop_requested:
+    if status.code == 0 and context.done_reported:
+        assert verdict.kind is ExitKind.COMPLETED
+    elif context.stop_requested:
         assert verdict.kind is ExitKind.STOPPED
+    elif context.preemption_pending:
+        assert verdict.kind is ExitKind.PREEMPTED
     elif status.code == 0:
         assert verdict.kind is ExitKind.COMPLETED
     else:

@@ -25,6 +25,8 @@ class ExitContext:
     hang_killed: bool = False
     preemption_pending: bool = False
     memory_at_limit: bool = False
+    done_reported: bool = False
+    """The trainer said DONE=1: an exit 0 is completion even while draining."""
 
 
 @dataclass(frozen=True)
@@ -116,16 +118,19 @@ def classify(
 ) -> Classification:
     """The kind of this attempt's end, whether to retry it, and why (for the journal)."""
     described = status.describe()
+    if status.code == 0 and context.done_reported:
+        return Classification(ExitKind.COMPLETED, False, "exit code 0 after DONE=1")
     if context.stop_requested:
         return Classification(ExitKind.STOPPED, False, f"stopped on request ({described})")
+    if context.preemption_pending:
+        # Also an exit 0: a trainer that drained for a preemption has not finished training.
+        return Classification(ExitKind.PREEMPTED, True, f"machine is being preempted ({described})")
     if status.code == 0:
         return Classification(ExitKind.COMPLETED, False, "exit code 0")
     if context.hang_killed:
         return Classification(
             ExitKind.HANG, True, f"no heartbeat; killed by the supervisor ({described})"
         )
-    if context.preemption_pending:
-        return Classification(ExitKind.PREEMPTED, True, f"machine is being preempted ({described})")
     if status.code is not None and status.code in non_retryable_exit_codes:
         return Classification(
             ExitKind.USER_ERROR, False, f"exit code {status.code} is configured as non-retryable"

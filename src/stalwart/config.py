@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from stalwart.errors import ConfigError
+from stalwart.preemption.config import PreemptionConfig
 from stalwart.types import ExitKind
 
 MAX_CONFIG_BYTES = 1024 * 1024
@@ -185,6 +186,7 @@ class JobConfig(_Section):
     checkpoint: CheckpointConfig = CheckpointConfig()
     hang: HangConfig = HangConfig()
     monitor: MonitorConfig = MonitorConfig()
+    preemption: PreemptionConfig = PreemptionConfig()
 
     @field_validator("name")
     @classmethod

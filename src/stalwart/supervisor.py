@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import logging
 import os
+import queue
 import random
 import selectors
 import shutil
@@ -34,8 +35,19 @@ from stalwart.control import Connection, ControlServer
 from stalwart.errors import UsageError
 from stalwart.journal import Journal, RunRecord, RunStatus
 from stalwart.notify import NotifySocket
+from stalwart.preemption import (
+    NoticeKind,
+    PreemptionNotice,
+    Provider,
+    ShutdownEvidence,
+    Watcher,
+    make_watcher,
+    probe_shutdown,
+    sigterm_meaning,
+)
 from stalwart.resources import ResourceSampler, memory_at_limit, oom_killed_since
 from stalwart.restart import Action, Decision, RestartPolicy, State, StateMachine
+from stalwart.scheduling import Scheduler
 from stalwart.sdnotify import SystemdNotifier
 from stalwart.trainer import Trainer, catches_signal
 from stalwart.types import Classification, ExitCode, ExitKind, ExitStatus, signal_name
@@ -95,6 +107,11 @@ class Supervisor:
         self._child_exited = False
         self.dump_dir = self.state_dir / "dumps"
         self._control: ControlServer | None = None
+        self._events: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._scheduler = Scheduler(self.post)
+        self._watcher: Watcher | None = None
+        self._preemption: PreemptionNotice | None = None
+        self._notices_seen: set[str] = set()
         self.journal_first_attempt = -1
         self._systemd = SystemdNotifier(self.environ)
         self._watchdog_at_s = 0.0
@@ -157,6 +174,23 @@ class Supervisor:
         else:
             self._selector.register(self._control.sock, selectors.EVENT_READ, self._on_control)
 
+    def _start_watchers(self) -> None:
+        self._watcher = make_watcher(self.config.preemption)
+        if self._watcher is not None:
+            watcher = self._watcher
+            logger.info(
+                "%s: watching for %s preemption notices every %g s",
+                self.config.name,
+                watcher.provider.value,
+                self.config.preemption.poll_interval_s,
+            )
+            self._scheduler.every(
+                "preemption",
+                self.config.preemption.poll_interval_s,
+                lambda: watcher.poll(self.clock.wall()),
+            )
+        self._scheduler.start()
+
     def _install_signals(self) -> dict[int, Callable[..., object] | int | None]:
         reader, writer = socket.socketpair()
         reader.setblocking(False)
@@ -188,6 +222,7 @@ class Supervisor:
                 self.attempt.popen.wait(self.config.stop.kill_wait_s)
             self.attempt.finish_output()
             self.attempt = None
+        self._scheduler.shutdown()
         self._sampler.close()
         if self._control is not None:
             self._control.close()
@@ -219,9 +254,11 @@ class Supervisor:
             previous = self._install_signals()
             process.set_child_subreaper(True)
             self._sentinel = process.Sentinel()
+            self._start_watchers()
             self._launch()
             while not self.machine.terminal:
                 self._wait_for_events()
+                self._handle_events()
                 self._handle_signals()
                 self._reap()
                 self._handle_deadlines()
@@ -253,7 +290,11 @@ class Supervisor:
 
     def _wait_for_events(self) -> None:
         now = self.clock.monotonic()
-        timeout = 0.0 if self._signals else min(d - now for d in self._deadlines(now))
+        timeout = (
+            0.0
+            if self._signals or not self._events.empty()
+            else min(d - now for d in self._deadlines(now))
+        )
         for key, _ in self._selector.select(max(timeout, 0.0)):
             key.data()
 
@@ -263,7 +304,7 @@ class Supervisor:
             if signum == signal.SIGCHLD:
                 self._child_exited = True
             elif signum in STOP_SIGNALS:
-                self.request_stop(signal_name(signum))
+                self._on_stop_signal(signum)
 
     def _handle_deadlines(self) -> None:
         now = self.clock.monotonic()
@@ -298,6 +339,14 @@ class Supervisor:
         ):
             self._on_hang(attempt, now)
         if attempt.kill_at_s is not None and now >= attempt.kill_at_s:
+            if not attempt.stop_signal_sent and attempt.escalate_grace_s is not None:
+                logger.warning(
+                    "%s: trainer has not drained by the escalation point; sending %s",
+                    self.config.name,
+                    self.config.stop.signal,
+                )
+                attempt.send_stop(self.config.stop.signum, attempt.escalate_grace_s)
+                return
             if attempt.stop_signal_sent:
                 logger.warning(
                     "%s: trainer pid %d still running %g s after %s; sending SIGKILL to its group",
@@ -467,6 +516,31 @@ class Supervisor:
 
     # stopping
 
+    def _on_stop_signal(self, signum: int) -> None:
+        why = signal_name(signum)
+        if signum == signal.SIGTERM and self._preemption is None:
+            meaning = sigterm_meaning(
+                sigterm_is_preemption=self.config.preemption.sigterm_is_preemption,
+                evidence=probe_shutdown()
+                if self.config.preemption.sigterm_is_preemption
+                else ShutdownEvidence.UNKNOWN,
+            )
+            if meaning is ExitKind.PREEMPTED:
+                self._on_preemption(
+                    PreemptionNotice(
+                        provider=Provider.SIGNAL,
+                        kind=NoticeKind.TERMINATE,
+                        deadline_unix=None,
+                        detail="SIGTERM while the machine shuts down",
+                        event_id="sigterm",
+                    )
+                )
+                return
+        if self._preemption is not None and self._stop_requests == 0 and self.attempt is not None:
+            # Already draining for a preemption: a further signal escalates, like a second Ctrl-C.
+            self._stop_requests = 1
+        self.request_stop(why)
+
     def request_stop(self, why: str) -> None:
         """First request: graceful stop. Any later one: kill now."""
         self._stop_requests += 1
@@ -502,6 +576,105 @@ class Supervisor:
         elif not attempt.killed:
             logger.warning("%s: %s again: killing the trainer now", self.config.name, why)
             attempt.kill(self.config.stop.kill_wait_s)
+
+    # preemption
+
+    def post(self, event: object) -> None:
+        """From any thread: hand an event to the loop and wake it."""
+        self._events.put(event)
+        if self._wakeup is not None:
+            with contextlib.suppress(OSError):
+                self._wakeup[1].send(b"\0")
+
+    def _handle_events(self) -> None:
+        while True:
+            try:
+                event = self._events.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(event, PreemptionNotice):
+                self._on_preemption(event)
+
+    def _on_preemption(self, notice: PreemptionNotice) -> None:
+        """A notice: emergency checkpoint, and for a binding one a drain before the deadline."""
+        now_unix, now_s = self.clock.wall(), self.clock.monotonic()
+        if notice.event_id in self._notices_seen:
+            return
+        self._notices_seen.add(notice.event_id)
+        remaining = notice.remaining_s(now_unix)
+        logger.warning(
+            "%s: %s %s notice (%s)%s",
+            self.config.name,
+            notice.provider.value,
+            notice.kind.value,
+            notice.detail,
+            f", {remaining:.0f} s left" if remaining is not None else "",
+        )
+        if notice.advisory:
+            self.checkpoint_now(f"{notice.provider.value} {notice.kind.value} recommendation")
+            return
+        if self._preemption is not None or self.machine.terminal:
+            return
+        self._preemption = notice
+        self._advice = dataclasses.replace(
+            self._advice,
+            checkpoint_now=self._advice.checkpoint_now + 1,
+            drain=True,
+            deadline_unix=notice.deadline_unix,
+        )
+        if self._advice_path is not None:
+            write_advice(self._advice_path, self._advice)
+        if self.machine.state is State.BACKOFF:
+            self._relaunch_at_s = None
+            self._finish_preempted(None)
+            return
+        attempt = self.attempt
+        if attempt is None:
+            return
+        margin_s = self.config.preemption.drain_margin_s
+        if notice.deadline_unix is not None:
+            escalate_s = now_s + max(notice.deadline_unix - now_unix - margin_s, 0.0)
+        else:
+            escalate_s = now_s + self.config.stop.grace_s
+        if attempt.hang.armed:
+            # A client-instrumented trainer drains itself from the advice file; the stop
+            # signal follows at the escalation point, SIGKILL half a margin later.
+            attempt.kill_at_s = escalate_s
+            attempt.escalate_grace_s = margin_s / 2
+        else:
+            attempt.send_stop(self.config.stop.signum, max(escalate_s - now_s, 0.0))
+        self._running_at_s = None
+        self.machine.to(State.STOPPING, f"preempted ({notice.provider.value})")
+        self._systemd.stopping(f"preempted: {notice.detail}")
+        self._systemd.extend_timeout(max(escalate_s - now_s, 0.0) + margin_s + 5.0)
+
+    def _finish_preempted(self, number: int | None) -> None:
+        assert self._preemption is not None
+        notice = self._preemption
+        if self._watcher is not None and notice.provider is not Provider.SIGNAL:
+            acknowledged = self._watcher.acknowledge(notice)
+            if acknowledged:
+                logger.info(
+                    "%s: acknowledged %s event %s",
+                    self.config.name,
+                    notice.provider.value,
+                    notice.event_id,
+                )
+        deadline = notice.remaining_s(self.clock.wall())
+        timing = (
+            f"{deadline:.1f} s before the deadline"
+            if deadline is not None and deadline >= 0
+            else "after the deadline"
+            if deadline is not None
+            else "(no deadline given)"
+        )
+        after = f"after attempt {number} drained " if number is not None else ""
+        self.exit_code = ExitCode.PREEMPTED
+        self.final_message = (
+            f"{self.config.name}: machine preempted ({notice.detail}); stopped {after}{timing}; "
+            "the next start resumes from the newest intact checkpoint"
+        )
+        self.machine.to(State.EXITED, "preempted")
 
     # launching
 
@@ -596,6 +769,8 @@ class Supervisor:
                 attempt.hang.checkpoint_begin(now_s)
             if "CKPT_DONE" in fields or "CKPT_STALL_S" in fields:
                 attempt.hang.checkpoint_end(now_s)
+            if "DONE" in fields:
+                attempt.done_reported = True
             status = fields.get("STATUS")
             if isinstance(status, str):
                 attempt.status_text = status
@@ -628,8 +803,10 @@ class Supervisor:
         context = ExitContext(
             attempt=attempt.number,
             uptime_s=uptime_s,
-            stop_requested=self._stop_requests > 0,
+            stop_requested=self._stop_requests > 0 and self._preemption is None,
             hang_killed=attempt.hang_killed,
+            preemption_pending=self._preemption is not None,
+            done_reported=attempt.done_reported,
             memory_at_limit=memory_at_limit(
                 attempt.last_sample, self.config.monitor.memory_limit_fraction
             )
@@ -651,7 +828,9 @@ class Supervisor:
         assert self.journal is not None
         assert self.run_record is not None
         name = self.config.name
-        if verdict.kind is ExitKind.STOPPED:
+        if verdict.kind is ExitKind.STOPPED or (
+            verdict.kind is ExitKind.PREEMPTED and self._preemption is not None
+        ):
             decision = Decision(Action.FINISH, 0.0, verdict.reason)
         else:
             decision = self.policy.on_exit(self.clock.monotonic(), verdict, uptime_s)
@@ -678,6 +857,8 @@ class Supervisor:
             logger.info("%s: relaunching in %.2f s (%s)", name, decision.delay_s, decision.reason)
             self._relaunch_at_s = self.clock.monotonic() + decision.delay_s
             self.machine.to(State.BACKOFF, f"restart in {decision.delay_s:.2f} s")
+        elif decision.action is Action.FINISH and verdict.kind is ExitKind.PREEMPTED:
+            self._finish_preempted(number)
         elif decision.action is Action.FINISH:
             self.exit_code = ExitCode.OK
             if verdict.kind is ExitKind.COMPLETED:

@@ -109,6 +109,9 @@ class Trainer:
         self.stop_signal_sent = False
         self.killed = False
         self.hang_killed = False
+        self.done_reported = False
+        self.escalate_grace_s: float | None = None
+        """Set when a drain escalates in stages: stop signal at kill_at_s, SIGKILL this later."""
         self.kill_at_s: float | None = None
         self.abandon_at_s: float | None = None
         self.first_sample: ResourceSample | None = None

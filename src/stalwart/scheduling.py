@@ -1,0 +1,64 @@
+"""Periodic background work: the project's only APScheduler user.
+
+Jobs run in the scheduler's threads and may block on I/O (a metadata poll with
+its own short timeout); they never act: each result that is not None is posted
+to the supervisor loop, which decides.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+
+logger = logging.getLogger(__name__)
+
+# APScheduler logs every run at INFO; keep its warnings (missed runs) only.
+logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+
+class Scheduler:
+    def __init__(self, post: Callable[[object], None], max_workers: int = 2) -> None:
+        self._post = post
+        self._scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(max_workers)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+            timezone=UTC,
+        )
+        self._started = False
+
+    def every(
+        self, name: str, interval_s: float, job: Callable[[], object | None], *, first_s: float = 0
+    ) -> None:
+        """Run `job` every `interval_s` (first after `first_s`); post what it returns."""
+
+        def run() -> None:
+            try:
+                result = job()
+            except Exception:  # a broken job must not kill the scheduler or the loop
+                logger.exception("background job %s failed", name)
+                return
+            if result is not None:
+                self._post(result)
+
+        self._scheduler.add_job(
+            run,
+            "interval",
+            seconds=interval_s,
+            id=name,
+            name=name,
+            next_run_time=datetime.now(UTC) + timedelta(seconds=first_s),
+        )
+
+    def start(self) -> None:
+        if self._scheduler.get_jobs():
+            self._scheduler.start()
+            self._started = True
+
+    def shutdown(self) -> None:
+        if self._started:
+            self._scheduler.shutdown(wait=True)
+            self._started = False
