@@ -19,7 +19,7 @@ from stalwart.checkpoint import (
     find_newest_intact,
     prepare_resume,
     scan,
-    verify,
+    verify_checkpoint,
 )
 from stalwart.checkpoint.layout import MANIFEST_NAME
 from stalwart.clock import FakeClock
@@ -49,7 +49,7 @@ def test_commit_writes_manifest_format_1(tmp_path: Path) -> None:
         ],
         "meta": {"loss": 0.5},
     }
-    assert verify(committed.path).intact
+    assert verify_checkpoint(committed.path).intact
     assert [e.name for e in scan(tmp_path / "ck").staging] == []
 
 
@@ -59,7 +59,7 @@ def test_sha256_is_selectable(tmp_path: Path) -> None:
     assert committed.manifest.files[0].digest == (
         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     )
-    assert verify(committed.path).intact
+    assert verify_checkpoint(committed.path).intact
 
 
 def _failing_save(store: CheckpointStore) -> None:
@@ -78,7 +78,7 @@ def test_committed_step_is_never_replaced(tmp_path: Path) -> None:
     save(tmp_path, 7)
     with pytest.raises(StepExists, match="step-000000007"):
         CheckpointStore(tmp_path).save_bytes(7, {"model.bin": b"other"})
-    assert verify(tmp_path / "step-000000007").intact
+    assert verify_checkpoint(tmp_path / "step-000000007").intact
     assert [e.name for e in scan(tmp_path).staging] == []
 
 
@@ -111,7 +111,7 @@ def test_commit_directory_renames_in_place(tmp_path: Path) -> None:
     committed = CheckpointStore(tmp_path / "ck").commit_directory(src, 3)
     assert not src.exists()
     assert sorted(f.path for f in committed.manifest.files) == [".metadata", "sub/shard.distcp"]
-    assert verify(committed.path).intact
+    assert verify_checkpoint(committed.path).intact
 
 
 def test_commit_directory_failure_leaves_source(tmp_path: Path) -> None:
@@ -149,6 +149,6 @@ def test_writer_killed_inside_commit_leaves_previous_or_new(tmp_path: Path, stop
     listing = scan(root)
     assert listing.staging == ()
     for entry in listing.managed:
-        assert verify(entry.path, VerifyLevel.FULL).intact, entry.name
+        assert verify_checkpoint(entry.path, VerifyLevel.FULL).intact, entry.name
     assert find_newest_intact(root).newest is not None
     assert decision.resume_from.state is CheckpointState.INTACT

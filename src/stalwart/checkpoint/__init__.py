@@ -61,7 +61,7 @@ from stalwart.checkpoint.retention import (
     retention_items,
 )
 from stalwart.checkpoint.store import CheckpointStore, CommitStage, Committed, Transaction
-from stalwart.checkpoint.verify import CacheKey, Verdict, VerifyLevel, verify
+from stalwart.checkpoint.verify import CacheKey, Verdict, VerifyLevel, verify_checkpoint
 
 __all__ = [
     "Adopted",
@@ -121,5 +121,5 @@ __all__ = [
     "remove_leftovers",
     "retention_items",
     "scan",
-    "verify",
+    "verify_checkpoint",
 ]

@@ -23,13 +23,13 @@ from typing import Any
 from stalwart.checkpoint.errors import CheckpointInvalid, Defect
 from stalwart.checkpoint.format_checks import (
     DEFAULT_LIMITS,
+    READ_BYTES,
     FormatLimits,
     Reject,
     Unrecognized,
     check_dcp,
     check_safetensors,
     check_torch_zip,
-    is_int,
     load_json,
 )
 from stalwart.checkpoint.layout import foreign_step
@@ -109,6 +109,28 @@ def _walk(root: Path, limits: FormatLimits) -> list[tuple[str, os.stat_result]]:
     return found
 
 
+_GLOBAL_STEP_RE = re.compile(rb'"global_step"\s*:\s*(\d{1,19})')
+
+
+def _trainer_state_step(path: Path) -> int | None:
+    """`global_step` of a trainer_state.json, and that the file is complete (ends in `}`).
+
+    Scanned, not parsed: its log_history grows all run long (megabytes), and only the
+    step and completeness matter here.
+    """
+    step: int | None = None
+    tail = b""
+    with open(path, "rb") as handle:
+        while chunk := handle.read(READ_BYTES):
+            window = tail + chunk
+            if step is None and (match := _GLOBAL_STEP_RE.search(window)):
+                step = int(match.group(1))
+            tail = window[-64:]
+    if not tail.rstrip().endswith(b"}"):
+        raise Reject(path.name, Defect.FORMAT_INVALID, "incomplete JSON (truncated?)")
+    return step
+
+
 def _read_json(path: Path, limits: FormatLimits) -> Any:
     if path.stat().st_size > limits.max_json_bytes:
         raise Reject(path.name, Defect.LIMIT_EXCEEDED, f"over {limits.max_json_bytes} bytes")
@@ -155,9 +177,7 @@ def _check_dir(
             _check_index(path, rel, names, limits)
     step = foreign_step(path.name)
     if "trainer_state.json" in names:
-        state = _read_json(path / "trainer_state.json", limits)
-        if isinstance(state, dict) and is_int(state.get("global_step")):
-            step = state["global_step"]
+        step = _trainer_state_step(path / "trainer_state.json")
         fmt_dir = ForeignFormat.HF_CHECKPOINT
     elif re.fullmatch(r"checkpoint-\d+", path.name):
         raise Reject(

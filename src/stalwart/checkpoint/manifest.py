@@ -14,6 +14,7 @@ import enum
 import hashlib
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -32,6 +33,7 @@ _TOP_KEYS = frozenset(
 )
 _FILE_KEYS = frozenset(("path", "bytes", "digest"))
 _HEX = frozenset("0123456789abcdef")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class Hasher(Protocol):
@@ -91,7 +93,7 @@ def path_problem(path: str) -> str | None:
         return "empty path"
     if len(path) > MAX_PATH_CHARS:
         return f"path longer than {MAX_PATH_CHARS} characters"
-    if any(ord(ch) < 0x20 or ch == "\x7f" for ch in path):
+    if _CONTROL_RE.search(path):
         return "control character in path"
     if "\\" in path:
         return "backslash in path (paths are '/'-separated)"

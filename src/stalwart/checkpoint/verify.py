@@ -256,7 +256,7 @@ def full_check(
             )
 
 
-def verify(
+def verify_checkpoint(
     path: Path,
     level: VerifyLevel = VerifyLevel.FULL,
     *,
