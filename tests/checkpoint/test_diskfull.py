@@ -35,6 +35,7 @@ def test_save_over_rlimit_fsize_fails_cleanly(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, str(SCRIPT), str(tmp_path / "ck"), "rlimit"],
         capture_output=True,
+        check=False,
         timeout=30,
     )
     _check(_report(result), "File too large")
@@ -46,6 +47,7 @@ def _can_mount_tmpfs(mountpoint: Path) -> bool:
     probe = subprocess.run(
         ["unshare", "-m", "mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mountpoint)],
         capture_output=True,
+        check=False,
         timeout=10,
     )
     return probe.returncode == 0
@@ -64,6 +66,7 @@ def test_save_into_full_tmpfs_fails_cleanly(tmp_path: Path) -> None:
     result = subprocess.run(
         ["unshare", "-m", "--propagation", "private", "sh", "-c", command],
         capture_output=True,
+        check=False,
         timeout=30,
     )
     _check(_report(result), "No space left")

@@ -136,6 +136,6 @@ def test_adopt_directory_puts_the_manifest_inside(tmp_path: Path) -> None:
 def test_adopt_refuses_an_invalid_checkpoint(tmp_path: Path) -> None:
     path = torch_pt(tmp_path / "model_1.pt")
     truncate(path)
-    with pytest.raises(CheckpointInvalid, match="model_1.pt"):
+    with pytest.raises(CheckpointInvalid, match=r"model_1\.pt"):
         adopt(path)
     assert not (tmp_path / "model_1.pt.MANIFEST.json").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -103,35 +104,35 @@ def test_says_so_when_nothing_more_can_be_pruned() -> None:
 states = st.sampled_from(list(CheckpointState))
 
 
+policies = st.builds(
+    RetentionPolicy,
+    keep_last=st.integers(0, 5),
+    keep_every_steps=st.none() | st.integers(1, 7),
+    min_free_bytes=st.integers(0, 50),
+)
+plan_options = st.fixed_dictionaries(
+    {
+        "free_bytes": st.none() | st.integers(0, 50),
+        "requested": st.sets(st.integers(0, 30).map(lambda s: f"step-{s:09d}")),
+        "prune_quarantined": st.booleans(),
+    }
+)
+
+
 @given(
     st.lists(st.tuples(st.integers(0, 30), states, st.booleans(), st.integers(0, 10)), max_size=15),
-    st.integers(0, 5),
-    st.none() | st.integers(1, 7),
-    st.none() | st.integers(0, 50),
-    st.integers(0, 50),
-    st.sets(st.integers(0, 30)),
-    st.booleans(),
+    policies,
+    plan_options,
 )
 def test_plan_never_deletes_newest_verified_or_pinned(
     raw: list[tuple[int, CheckpointState, bool, int]],
-    keep_last: int,
-    every: int | None,
-    free: int | None,
-    floor: int,
-    asked: set[int],
-    prune_quarantined: bool,
+    policy: RetentionPolicy,
+    options: dict[str, Any],
 ) -> None:
     items = {
         step: _item(step, state, pinned=pinned, size=size) for step, state, pinned, size in raw
     }
-    policy = RetentionPolicy(keep_last=keep_last, keep_every_steps=every, min_free_bytes=floor)
-    plan = plan_retention(
-        items.values(),
-        policy,
-        free_bytes=free,
-        requested={f"step-{s:09d}" for s in asked},
-        prune_quarantined=prune_quarantined,
-    )
+    plan = plan_retention(items.values(), policy, **options)
     intact = [s for s, i in items.items() if i.state is CheckpointState.INTACT]
     deleted = {i.step for i in plan.delete}
     if intact:
