@@ -186,11 +186,13 @@ def test_quiet_run_time_lengthens_the_mtbf() -> None:
 )
 def test_mtbf_converges_to_the_true_rate(seed: int, mtbf_h: float, prior_h: float) -> None:
     rng = random.Random(seed)
-    records = _poisson_history(rng, mtbf_h * HOUR, 600)
+    # >= 600 failures (relative standard error ~4%; 25% is > 5 sigma), and >= 50x the
+    # prior's run time, so that what is left of the prior's pull is < 2%.
+    failures = max(600, math.ceil(50 * prior_h / mtbf_h))
+    records = _poisson_history(rng, mtbf_h * HOUR, failures)
     estimator = FailureRateEstimator.from_records(
         records, prior_mtbf_s=prior_h * HOUR, prior_weight_failures=1.0, half_life_s=None
     )
-    # 600 failures: the relative standard error is ~4%; 25% is > 5 sigma.
     assert estimator.estimate().mtbf_s == pytest.approx(mtbf_h * HOUR, rel=0.25)
 
 
