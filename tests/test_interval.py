@@ -532,3 +532,16 @@ def test_everything_forgotten_means_no_failures_known() -> None:
     assert (decision.basis, decision.interval_s) == (Basis.MAX_BOUND, HOUR)
     assert decision.expected_waste_fraction == pytest.approx(30.0 / HOUR)
     assert young_interval_s(1.0, math.inf) == math.inf
+
+
+def test_advice_within_15_percent_of_the_optimum_after_enough_failures() -> None:
+    """The issue's end-to-end criterion, on the model alone: a trainer reporting C, failures
+    injected at a known rate; after enough of them the advice is within 15% of Daly's."""
+    ckpt_s, mtbf_s = 60.0, 2 * HOUR
+    model = _model(hysteresis_fraction=0.05, half_life_s=None)
+    rng = random.Random(2)
+    for _ in range(400):
+        model.observe_save(stall_s=ckpt_s * rng.uniform(0.9, 1.1), persist_s=ckpt_s)
+        model.observe_run(rng.expovariate(1.0 / mtbf_s), (ExitKind.INFRA,))
+        model.decide()
+    assert model.decide().interval_s == pytest.approx(daly_interval_s(ckpt_s, mtbf_s), rel=0.15)
