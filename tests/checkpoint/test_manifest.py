@@ -172,7 +172,7 @@ def test_foreign_steps(name: str, step: int | None) -> None:
 
 
 def _entry(name: str, step: int | None, mtime_ns: int) -> Entry:
-    return Entry(name, Path(name), EntryKind.FOREIGN, step, False, False, mtime_ns)
+    return Entry(name, Path("."), EntryKind.FOREIGN, step, False, False, mtime_ns)
 
 
 def test_newest_first_places_stepless_names_by_mtime() -> None:

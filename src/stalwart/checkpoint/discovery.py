@@ -264,9 +264,11 @@ def find_newest_intact(
     foreign_globs: Sequence[str] = (),
     limits: FormatLimits = DEFAULT_LIMITS,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    listing: Listing | None = None,
 ) -> Discovery:
     """Newest first, stop at the first checkpoint that passes full verification (reads only)."""
-    listing = scan(root, foreign_globs)
+    if listing is None:
+        listing = scan(root, foreign_globs)
     skipped: list[CheckpointInfo] = []
     for entry in listing.candidates:
         info = examine(entry, full=True, cache=cache, limits=limits, chunk_bytes=chunk_bytes)
@@ -276,13 +278,16 @@ def find_newest_intact(
     return Discovery(None, tuple(skipped), listing)
 
 
-def remove_leftovers(root: Path, *, ops: FsOps | None = None) -> tuple[Path, ...]:
+def remove_leftovers(
+    root: Path, *, ops: FsOps | None = None, listing: Listing | None = None
+) -> tuple[Path, ...]:
     """Remove staging directories of interrupted saves and half-done prunes; report each.
 
     Call it only when no writer is running (the supervisor: before launching the trainer).
     """
     ops = ops or FsOps()
-    listing = scan(root)
+    if listing is None:
+        listing = scan(root)
     removed = []
     for entry in (*listing.staging, *listing.deleting):
         staged = parse_staging(entry.name)
@@ -359,8 +364,9 @@ def prepare_resume(
     Unrecognized foreign entries are skipped but left alone: they may not be checkpoints.
     """
     ops = ops or FsOps()
-    removed = remove_leftovers(root, ops=ops)
-    found = find_newest_intact(root, cache=cache, foreign_globs=foreign_globs, limits=limits)
+    listing = scan(root, foreign_globs)
+    removed = remove_leftovers(root, ops=ops, listing=listing)
+    found = find_newest_intact(root, cache=cache, limits=limits, listing=listing)
     quarantined = []
     for info in found.skipped:
         if info.state is not CheckpointState.CORRUPT:

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import enum
 import fnmatch
+import functools
 import os
 import re
-import stat
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 MANIFEST_NAME = "MANIFEST.json"
@@ -73,15 +73,33 @@ class QuarantineReason(enum.Enum):
 
 @dataclass(frozen=True)
 class Entry:
-    """One top-level name in the checkpoint directory (or in .quarantine/)."""
+    """One top-level name in the checkpoint directory (or in .quarantine/).
+
+    Scanning costs no syscall per name beyond the directory read: the path and the mtime
+    are computed when first asked for (a directory of 1,000 checkpoints is scanned at each
+    restart, and only the newest few are looked at).
+    """
 
     name: str
-    path: Path
+    parent: Path
     kind: EntryKind
     step: int | None
     is_dir: bool
     is_symlink: bool
-    mtime_ns: int
+    known_mtime_ns: int | None = field(default=None, compare=False, repr=False)
+
+    @functools.cached_property
+    def path(self) -> Path:
+        return self.parent / self.name
+
+    @functools.cached_property
+    def mtime_ns(self) -> int:
+        if self.known_mtime_ns is not None:
+            return self.known_mtime_ns
+        try:
+            return os.lstat(self.path).st_mtime_ns
+        except FileNotFoundError:
+            return 0
 
 
 @dataclass(frozen=True)
@@ -160,9 +178,7 @@ def newest_first(entries: Sequence[Entry]) -> list[Entry]:
     same step); a name without a step is placed before the first stepped entry it is newer than.
     """
     stepped = sorted(
-        (e for e in entries if e.step is not None),
-        key=lambda e: (e.step, e.mtime_ns, e.name),
-        reverse=True,
+        (e for e in entries if e.step is not None), key=lambda e: (e.step, e.name), reverse=True
     )
     unstepped = sorted(
         (e for e in entries if e.step is None), key=lambda e: (e.mtime_ns, e.name), reverse=True
@@ -182,16 +198,11 @@ def newest_first(entries: Sequence[Entry]) -> list[Entry]:
     return merged
 
 
-def _entry(path: Path, name: str, kind: EntryKind, step: int | None, st: os.stat_result) -> Entry:
-    return Entry(
-        name=name,
-        path=path,
-        kind=kind,
-        step=step,
-        is_dir=stat.S_ISDIR(st.st_mode),
-        is_symlink=stat.S_ISLNK(st.st_mode),
-        mtime_ns=st.st_mtime_ns,
-    )
+def _entry(handle: os.DirEntry[str], parent: Path, kind: EntryKind, step: int | None) -> Entry:
+    # DirEntry answers these from the directory read itself (d_type), without a stat.
+    is_symlink = handle.is_symlink()
+    is_dir = not is_symlink and handle.is_dir(follow_symlinks=False)
+    return Entry(handle.name, parent, kind, step, is_dir, is_symlink)
 
 
 def matches_foreign(name: str, foreign_globs: Sequence[str]) -> bool:
@@ -202,7 +213,7 @@ def matches_foreign(name: str, foreign_globs: Sequence[str]) -> bool:
 
 
 def scan(root: Path, foreign_globs: Sequence[str] = ()) -> Listing:
-    """Sort the top level of `root` (no reading, one lstat per name). Missing root: empty."""
+    """Sort the top level of `root` by kind (one directory read). Missing root: empty."""
     managed: list[Entry] = []
     foreign: list[Entry] = []
     staging: list[Entry] = []
@@ -214,22 +225,20 @@ def scan(root: Path, foreign_globs: Sequence[str] = ()) -> Listing:
         handles = []
     for handle in handles:
         name = handle.name
+        step = parse_step(name)
         try:
-            st = handle.stat(follow_symlinks=False)
+            if step is not None:
+                managed.append(_entry(handle, root, EntryKind.MANAGED, step))
+            elif (staged := parse_staging(name)) is not None:
+                staging.append(_entry(handle, root, EntryKind.STAGING, staged[0]))
+            elif name.startswith(DELETING_PREFIX):
+                deleting.append(_entry(handle, root, EntryKind.DELETING, None))
+            elif name == QUARANTINE_DIR and handle.is_dir(follow_symlinks=False):
+                quarantined.extend(_scan_quarantine(root / name))
+            elif matches_foreign(name, foreign_globs):
+                foreign.append(_entry(handle, root, EntryKind.FOREIGN, foreign_step(name)))
         except FileNotFoundError:
             continue  # removed while we looked
-        path = Path(handle.path)
-        step = parse_step(name)
-        if step is not None:
-            managed.append(_entry(path, name, EntryKind.MANAGED, step, st))
-        elif (staged := parse_staging(name)) is not None:
-            staging.append(_entry(path, name, EntryKind.STAGING, staged[0], st))
-        elif name.startswith(DELETING_PREFIX):
-            deleting.append(_entry(path, name, EntryKind.DELETING, None, st))
-        elif name == QUARANTINE_DIR and stat.S_ISDIR(st.st_mode):
-            quarantined.extend(_scan_quarantine(path))
-        elif matches_foreign(name, foreign_globs):
-            foreign.append(_entry(path, name, EntryKind.FOREIGN, foreign_step(name), st))
     return Listing(
         root=root,
         managed=tuple(newest_first(managed)),
@@ -243,12 +252,9 @@ def scan(root: Path, foreign_globs: Sequence[str] = ()) -> Listing:
 def _scan_quarantine(path: Path) -> list[Entry]:
     entries = []
     for handle in os.scandir(path):
+        original = handle.name.rsplit("-", 1)[0]
         try:
-            st = handle.stat(follow_symlinks=False)
+            entries.append(_entry(handle, path, EntryKind.QUARANTINED, parse_step(original)))
         except FileNotFoundError:
             continue
-        original = handle.name.rsplit("-", 1)[0]
-        entries.append(
-            _entry(Path(handle.path), handle.name, EntryKind.QUARANTINED, parse_step(original), st)
-        )
     return entries
