@@ -52,7 +52,7 @@ def bare(command: list[str], relaunches: int) -> list[float]:
 
 
 def supervised(command: list[str], relaunches: int) -> list[float]:
-    with tempfile.TemporaryDirectory(prefix="stalwart-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="swbench-") as tmp:
         argv = [
             sys.executable,
             "-m",

@@ -10,6 +10,8 @@ import textwrap
 from collections import deque
 from pathlib import Path
 
+import psutil
+
 from stalwart import process
 from tests.conftest import wait_for
 from tests.supervised import alive
@@ -134,3 +136,24 @@ def test_signal_group_reports_missing_group() -> None:
     proc.wait()
     assert process.signal_group(proc.pid, 15) is False
     assert os.getpgid(os.getpid()) > 0
+
+
+def test_tree_pids_finds_grandchildren_cheaply() -> None:
+    from stalwart.resources import tree_pids
+
+    script = (
+        "import subprocess, sys, time;"
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)']);"
+        "print(p.pid, flush=True); time.sleep(30)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        grandchild = int(parent.stdout.readline())
+        assert set(tree_pids(parent.pid)) == {parent.pid, grandchild}
+    finally:
+        for proc in psutil.Process(parent.pid).children(recursive=True):
+            proc.kill()
+        parent.kill()
+        parent.wait()
+        parent.stdout.close()

@@ -33,6 +33,8 @@ from typing import IO, Any
 logger = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL_S = 1800.0
+REPORT_WAIT_S = 0.5
+"""How long a report (not a heartbeat) may wait for room in the supervisor's queue."""
 
 
 class Client:
@@ -44,9 +46,12 @@ class Client:
         *,
         clock: Callable[[], float] = time.monotonic,
         dump_stacks: bool = True,
+        heartbeat_interval_s: float = 0.1,
     ) -> None:
         env = os.environ if environ is None else environ
         self._clock = clock
+        self._heartbeat_interval_s = heartbeat_interval_s
+        self._last_heartbeat_s = -float("inf")
         self.run_id = env.get("STALWART_RUN_ID", "")
         self.attempt = int(env.get("STALWART_ATTEMPT", "0") or 0)
         self.ckpt_dir = Path(env["STALWART_CKPT_DIR"]) if env.get("STALWART_CKPT_DIR") else None
@@ -81,20 +86,31 @@ class Client:
     # notify
 
     def send(self, **fields: object) -> None:
-        """Send KEY=VALUE lines in one datagram; dropped silently when nobody listens."""
+        """Send KEY=VALUE lines in one datagram (a report: waits briefly for queue room)."""
+        self._send(fields, REPORT_WAIT_S)
+
+    def _send(self, fields: Mapping[str, object], wait_s: float) -> None:
+        # Reports wait up to `wait_s` for room in the supervisor's queue; heartbeats
+        # (wait_s=0) are dropped instead. Nobody listening never stops training.
         if self._sock is None:
             return
         payload = "\n".join(f"{key}={value}" for key, value in fields.items()).encode()
-        # Supervisor gone or its queue full: training must not stop for that.
         with contextlib.suppress(OSError):
+            self._sock.settimeout(wait_s)
             self._sock.sendto(payload, self._notify_path)
 
     def ready(self) -> None:
         self.send(READY=1)
 
     def step(self, step: int) -> None:
-        """Heartbeat: this step is done."""
-        self.send(STEP=int(step))
+        """Heartbeat: this step is done. At most one per `heartbeat_interval_s` is sent."""
+        if self._sock is None:
+            return
+        now = self._clock()
+        if now - self._last_heartbeat_s < self._heartbeat_interval_s:
+            return
+        self._last_heartbeat_s = now
+        self._send({"STEP": int(step)}, 0.0)
 
     def status(self, text: str) -> None:
         self.send(STATUS=text.replace("\n", " "))

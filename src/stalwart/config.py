@@ -164,6 +164,9 @@ class MonitorConfig(_Section):
     """How often RSS, CPU, disk and GPU are sampled."""
     memory_limit_fraction: float = Field(default=0.95, gt=0, le=1)
     """RSS at this fraction of the memory limit counts as 'at the limit' (OOM evidence)."""
+    notify_batch_s: NonNegativeS = 0.25
+    """After reading heartbeats, wait this long before the next read (kernel timestamps keep
+    their times exact); bounds the supervisor's CPU when a trainer heartbeats very often."""
 
 
 class JobConfig(_Section):

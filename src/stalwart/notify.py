@@ -6,6 +6,7 @@ Unknown keys are ignored; malformed lines are counted, logged once, never fatal.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -16,6 +17,9 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 MAX_DATAGRAM_BYTES = 64 * 1024
+SO_TIMESTAMP = 29
+"""Linux's SO_TIMESTAMP (not exported by the socket module); SCM_TIMESTAMP has the same value."""
+SCM_TIMESTAMP = SO_TIMESTAMP
 INT_KEYS = frozenset({"READY", "STEP", "CKPT_BEGIN", "CKPT_BYTES", "DONE"})
 FLOAT_KEYS = frozenset({"CKPT_STALL_S", "CKPT_PERSIST_S"})
 TEXT_KEYS = frozenset({"STATUS", "CKPT_DONE"})
@@ -28,6 +32,8 @@ class Message:
 
     fields: dict[str, int | float | str] = field(default_factory=dict)
     malformed: int = 0
+    received_unix: float | None = None
+    """When the kernel queued the datagram (SO_TIMESTAMP); lets the loop read in batches."""
 
 
 def parse(datagram: bytes) -> Message:
@@ -66,6 +72,14 @@ def _sender_uid(ancillary: list[tuple[int, int, bytes]]) -> int | None:
     return None
 
 
+def _received_unix(ancillary: list[tuple[int, int, bytes]]) -> float | None:
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SCM_TIMESTAMP and len(data) >= 16:
+            seconds, microseconds = struct.unpack("ll", data[:16])
+            return float(seconds) + float(microseconds) / 1e6
+    return None
+
+
 class NotifySocket:
     """A unix datagram socket (mode 0600) that the trainer's client sends to."""
 
@@ -83,8 +97,11 @@ class NotifySocket:
         self.sock.setblocking(False)
         # The kernel attaches each sender's credentials: other users cannot speak for the trainer.
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMP, 1)
         self._uid = os.getuid()
-        self._cmsg_bytes = socket.CMSG_SPACE(struct.calcsize("3i"))
+        self._cmsg_bytes = socket.CMSG_SPACE(struct.calcsize("3i")) + socket.CMSG_SPACE(
+            struct.calcsize("ll")
+        )
         self.malformed_total = 0
         self.foreign_total = 0
 
@@ -105,7 +122,7 @@ class NotifySocket:
                     logger.warning("ignoring notify datagrams from uid %d", sender_uid)
                 self.foreign_total += 1
                 continue
-            message = parse(data)
+            message = dataclasses.replace(parse(data), received_unix=_received_unix(ancillary))
             if message.malformed:
                 if self.malformed_total == 0:
                     logger.warning("malformed notify line(s) from the trainer: %r", data[:200])

@@ -107,6 +107,8 @@ class Supervisor:
         self._child_exited = False
         self.dump_dir = self.state_dir / "dumps"
         self._control: ControlServer | None = None
+        self._notify_listening = False
+        self._notify_resume_at_s = 0.0
         self._events: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._scheduler = Scheduler(self.post)
         self._watcher: Watcher | None = None
@@ -167,6 +169,7 @@ class Supervisor:
             logger.warning("no notify socket (%s); heartbeats are unavailable", exc)
         else:
             self._selector.register(self._notify.sock, selectors.EVENT_READ, self._on_notify)
+            self._notify_listening = True
         try:
             self._control = ControlServer(runtime / "control.sock")
         except OSError as exc:
@@ -271,6 +274,8 @@ class Supervisor:
 
     def _deadlines(self, now_s: float) -> list[float]:
         deadlines = [self._reap_at_s]
+        if self._notify is not None and not self._notify_listening:
+            deadlines.append(self._notify_resume_at_s)
         if self._systemd.watchdog_interval_s is not None:
             deadlines.append(self._watchdog_at_s)
         for deadline in (self._relaunch_at_s, self._running_at_s):
@@ -308,6 +313,7 @@ class Supervisor:
 
     def _handle_deadlines(self) -> None:
         now = self.clock.monotonic()
+        self._resume_notify(now)
         if self._systemd.watchdog_interval_s is not None and now >= self._watchdog_at_s:
             # Pinged from the loop itself: if the loop wedges, systemd restarts us.
             self._systemd.watchdog()
@@ -337,7 +343,9 @@ class Supervisor:
             and self.machine.state is not State.STOPPING
             and attempt.hang.is_hung(now)
         ):
-            self._on_hang(attempt, now)
+            self._read_notify()  # a heartbeat may be waiting in the batching pause
+            if attempt.hang.is_hung(now):
+                self._on_hang(attempt, now)
         if attempt.kill_at_s is not None and now >= attempt.kill_at_s:
             if not attempt.stop_signal_sent and attempt.escalate_grace_s is not None:
                 logger.warning(
@@ -753,27 +761,56 @@ class Supervisor:
     # trainer events
 
     def _on_notify(self) -> None:
+        """Read every waiting datagram, then stop listening for `notify_batch_s`.
+
+        A trainer may heartbeat at 100 Hz; waking for each datagram would cost the
+        supervisor more CPU than everything else it does. Kernel receive timestamps
+        keep the heartbeat times exact while the loop reads them in batches.
+        """
         assert self._notify is not None
-        now_s = self.clock.monotonic()
+        batch_s = self.config.monitor.notify_batch_s
+        if batch_s > 0 and self._notify_listening:
+            self._selector.unregister(self._notify.sock)
+            self._notify_listening = False
+            self._notify_resume_at_s = self.clock.monotonic() + batch_s
+        self._read_notify()
+
+    def _read_notify(self) -> None:
+        if self._notify is None:
+            return
+        now_s, now_unix = self.clock.monotonic(), self.clock.wall()
         for message in self._notify.receive():
             attempt = self.attempt
             if attempt is None:
                 continue
-            fields = message.fields
-            step = fields.get("STEP")
-            if isinstance(step, int):
-                attempt.hang.heartbeat(now_s, step)
-            elif "READY" in fields:
-                attempt.hang.heartbeat(now_s)
-            if "CKPT_BEGIN" in fields:
-                attempt.hang.checkpoint_begin(now_s)
-            if "CKPT_DONE" in fields or "CKPT_STALL_S" in fields:
-                attempt.hang.checkpoint_end(now_s)
-            if "DONE" in fields:
-                attempt.done_reported = True
-            status = fields.get("STATUS")
-            if isinstance(status, str):
-                attempt.status_text = status
+            at_s = now_s
+            if message.received_unix is not None:
+                at_s = min(now_s, now_s - (now_unix - message.received_unix))
+            self._on_message(attempt, message.fields, at_s)
+
+    def _resume_notify(self, now_s: float) -> None:
+        if self._notify is None or self._notify_listening or now_s < self._notify_resume_at_s:
+            return
+        self._selector.register(self._notify.sock, selectors.EVENT_READ, self._on_notify)
+        self._notify_listening = True
+
+    def _on_message(
+        self, attempt: Trainer, fields: dict[str, int | float | str], now_s: float
+    ) -> None:
+        step = fields.get("STEP")
+        if isinstance(step, int):
+            attempt.hang.heartbeat(now_s, step)
+        elif "READY" in fields:
+            attempt.hang.heartbeat(now_s)
+        if "CKPT_BEGIN" in fields:
+            attempt.hang.checkpoint_begin(now_s)
+        if "CKPT_DONE" in fields or "CKPT_STALL_S" in fields:
+            attempt.hang.checkpoint_end(now_s)
+        if "DONE" in fields:
+            attempt.done_reported = True
+        status = fields.get("STATUS")
+        if isinstance(status, str):
+            attempt.status_text = status
 
     def _reap(self) -> None:
         """Reap on SIGCHLD, and once a tick in case a signal was coalesced away."""
