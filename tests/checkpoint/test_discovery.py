@@ -86,6 +86,15 @@ def test_discovery_hashes_only_until_the_first_intact(
     assert hashed == []
 
 
+def test_quick_verification_catches_size_changes(tmp_path: Path) -> None:
+    committed = save(tmp_path, 1)
+    truncate(committed.path / "model.bin")
+    verdict = verify_checkpoint(committed.path, VerifyLevel.QUICK)
+    assert verdict.problem is not None and verdict.problem.defect is Defect.SIZE_MISMATCH
+    [info] = list_checkpoints(tmp_path)  # quick: no digests read
+    assert info.state is CheckpointState.CORRUPT
+
+
 def test_cache_misses_when_a_file_is_rewritten(tmp_path: Path) -> None:
     committed = save(tmp_path, 1)
     cache = MemoryVerifyCache()

@@ -189,9 +189,10 @@ class RetentionOnDisk(RuleBasedStateMachine):
             free_bytes=free,
             requested={f"step-{s:09d}" for s in asked},
         )
-        for path in apply_retention(self.root, plan):
-            step = int(path.name.split("-")[1])
-            self.truly_intact.discard(step)
+        newest = max(self.truly_intact) if self.truly_intact else None
+        deleted = {int(path.name.split("-")[1]) for path in apply_retention(self.root, plan)}
+        assert newest not in deleted, f"pruned the newest intact checkpoint {newest}"
+        self.truly_intact -= deleted
 
     @invariant()
     def newest_intact_survives(self) -> None:
