@@ -133,9 +133,7 @@ class Transaction:
         """Make the checkpoint durable under its final name; on failure, remove staging."""
         self._require_open()
         try:
-            committed = self.store.finish(
-                self.dir, self.step, self.meta, rename=True, staging_owned=True
-            )
+            committed = self.store.finish(self.dir, self.step, self.meta, staging_owned=True)
         except BaseException:
             self.state = TxState.ABORTED
             raise
@@ -266,7 +264,7 @@ class CheckpointStore:
             raise CommitFailed(
                 name, MANIFEST_NAME, "already present", "remove it; the store writes it"
             )
-        return self.finish(src, step, checked_meta, rename=True, staging_owned=False)
+        return self.finish(src, step, checked_meta, staging_owned=False)
 
     def finish(
         self,
@@ -274,7 +272,6 @@ class CheckpointStore:
         step: int,
         meta: dict[str, Any],
         *,
-        rename: bool,
         staging_owned: bool,
     ) -> Committed:
         """Seal `base`, write its manifest, rename it to `step`'s name and make it durable."""
@@ -320,22 +317,21 @@ class CheckpointStore:
                 self.ops.fsync_dir(base / rel)
             self.ops.fsync_dir(base)
             self._stage(CommitStage.STAGING_SYNCED)
-            if rename:
-                if os.path.lexists(final):
-                    raise StepExists(name, None, "already committed", "save a later step")
-                try:
-                    self.ops.replace(base, final)
-                except OSError as exc:
-                    if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                        raise StepExists(
-                            name, None, "committed concurrently", "save a later step"
-                        ) from None
-                    raise
-                renamed = True
-                self._stage(CommitStage.RENAMED)
-                self.ops.fsync_dir(self.root)
-                if base.parent != self.root:
-                    self.ops.fsync_dir(base.parent)
+            if os.path.lexists(final):
+                raise StepExists(name, None, "already committed", "save a later step")
+            try:
+                self.ops.replace(base, final)
+            except OSError as exc:
+                if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise StepExists(
+                        name, None, "committed concurrently", "save a later step"
+                    ) from None
+                raise
+            renamed = True
+            self._stage(CommitStage.RENAMED)
+            self.ops.fsync_dir(self.root)
+            if base.parent != self.root:
+                self.ops.fsync_dir(base.parent)  # the old name's removal, for tidiness
             self._stage(CommitStage.DURABLE)
         except OSError as exc:
             self._cleanup(base, staging_owned=staging_owned, renamed=renamed)
@@ -349,7 +345,7 @@ class CheckpointStore:
         )
         return Committed(
             name=name,
-            path=final if rename else base,
+            path=final,
             step=step,
             manifest=manifest,
             persist_s=persist_s,
