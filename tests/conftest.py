@@ -46,16 +46,18 @@ def wait_for(predicate: Callable[[], object], timeout_s: float, what: str) -> No
         time.sleep(0.01)
 
 
-def _stalwart_temp_entries() -> set[str]:
-    return {name for name in os.listdir(tempfile.gettempdir()) if name.startswith("stalwart")}
-
-
 @pytest.fixture(autouse=True)
-def no_leaks(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def no_leaks(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     token = uuid.uuid4().hex
     monkeypatch.setenv(TOKEN_VAR, token)
+    # A private temp dir per test (for this process and its children): what is left in it
+    # was left by the test, whatever other processes on the machine do in /tmp.
+    private_tmp = tmp_path_factory.mktemp("tmpdir")
+    monkeypatch.setenv("TMPDIR", str(private_tmp))
+    monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))
     threads_before = set(threading.enumerate())
-    temp_before = _stalwart_temp_entries()
     yield token
     leaked: list[int] = []
     deadline = time.monotonic() + 3.0
@@ -69,7 +71,7 @@ def no_leaks(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
             os.kill(pid, 9)
     children = [c for c in psutil.Process().children(recursive=True) if c.status() != "zombie"]
     new_threads = [t for t in set(threading.enumerate()) - threads_before if t.is_alive()]
-    new_temp = _stalwart_temp_entries() - temp_before
+    new_temp = sorted(os.listdir(private_tmp))
     assert not leaked, f"processes left behind: {leaked}"
     assert not children, f"child processes left behind: {children}"
     assert not new_threads, f"threads left behind: {new_threads}"

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from stalwart.errors import ConfigError
+from stalwart.interval import IntervalConfig
 from stalwart.preemption.config import PreemptionConfig
 from stalwart.types import ExitKind
 
@@ -130,8 +131,10 @@ class CheckpointConfig(_Section):
 
     dir: Path | None = None
     """Checkpoint directory (STALWART_CKPT_DIR); default `<state_dir>/checkpoints`."""
-    interval_s: PositiveS = 1800.0
-    """Checkpoint interval advised to the trainer until measurements say better."""
+    interval: IntervalConfig = IntervalConfig()
+    """How often the trainer is advised to save: adaptive (Young/Daly) or fixed."""
+    recompute_every_s: PositiveS = 60.0
+    """The advice is recomputed on each measurement and at least this often."""
 
 
 class HangConfig(_Section):

@@ -7,6 +7,7 @@ says how many have been applied.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sqlite3
@@ -14,6 +15,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from stalwart.types import Classification, ExitKind, ExitStatus
 
@@ -48,8 +50,45 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX attempts_by_run ON attempts(run_id, attempt);
     """,
+    """
+    ALTER TABLE attempts ADD COLUMN ready_s REAL;
+    ALTER TABLE attempts ADD COLUMN last_step INTEGER;
+    ALTER TABLE attempts ADD COLUMN peak_rss_bytes INTEGER;
+    CREATE TABLE checkpoints (
+        id INTEGER PRIMARY KEY,
+        run_id TEXT NOT NULL REFERENCES runs(run_id),
+        attempt INTEGER,
+        step INTEGER,
+        path TEXT,
+        size_bytes INTEGER,
+        stall_s REAL,
+        persist_s REAL,
+        reported_unix REAL NOT NULL,
+        source TEXT NOT NULL
+    );
+    CREATE TABLE interval_decisions (
+        id INTEGER PRIMARY KEY,
+        run_id TEXT NOT NULL REFERENCES runs(run_id),
+        decided_unix REAL NOT NULL,
+        interval_s REAL NOT NULL,
+        basis TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        ckpt_s REAL,
+        persist_s REAL,
+        restart_s REAL,
+        mtbf_s REAL,
+        failures REAL,
+        optimum_s REAL,
+        waste_fraction REAL
+    );
+    """,
 )
 
+ATTEMPT_COLUMNS = (
+    "a.run_id, a.attempt, a.pid, a.started_unix, a.ended_unix, a.exit_code, a.signal, a.kind, "
+    "a.retryable, a.reason, a.uptime_s, a.resume_from, a.decision, a.ready_s, a.last_step, "
+    "a.peak_rss_bytes"
+)
 INTERRUPTED_REASON = "supervisor stopped during this attempt (killed or machine restarted)"
 
 
@@ -75,6 +114,45 @@ class AttemptRecord:
     uptime_s: float | None
     resume_from: str | None
     decision: str | None
+    ready_s: float | None = None
+    """Seconds from launch to the first step heartbeat (restart cost R)."""
+    last_step: int | None = None
+    peak_rss_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    """A checkpoint the trainer reported (or the directory watcher observed)."""
+
+    run_id: str
+    attempt: int | None
+    step: int | None
+    path: str | None
+    size_bytes: int | None
+    stall_s: float | None
+    persist_s: float | None
+    reported_unix: float
+    source: str
+    """'trainer' (notify report) or 'observed' (checkpoint-directory watcher)."""
+
+
+@dataclass(frozen=True)
+class IntervalRecord:
+    """One change of the advised checkpoint interval, with what it was computed from."""
+
+    run_id: str
+    decided_unix: float
+    interval_s: float
+    basis: str
+    reason: str
+    ckpt_s: float | None
+    persist_s: float | None
+    restart_s: float | None
+    mtbf_s: float | None
+    """NULL when infinite (no failures seen and the prior forgotten)."""
+    failures: float | None
+    optimum_s: float | None
+    waste_fraction: float | None
 
 
 @dataclass(frozen=True)
@@ -216,6 +294,77 @@ class Journal:
             ),
         )
 
+    def set_attempt_progress(
+        self,
+        run_id: str,
+        attempt: int,
+        *,
+        ready_s: float | None = None,
+        last_step: int | None = None,
+        peak_rss_bytes: int | None = None,
+    ) -> None:
+        """Fill in what was learned during an attempt (NULLs are left as they were)."""
+        self._db.execute(
+            "UPDATE attempts SET ready_s = COALESCE(?, ready_s), "
+            "last_step = COALESCE(?, last_step), peak_rss_bytes = COALESCE(?, peak_rss_bytes) "
+            "WHERE run_id = ? AND attempt = ?",
+            (ready_s, last_step, peak_rss_bytes, run_id, attempt),
+        )
+
+    def add_checkpoint(self, record: CheckpointRecord) -> None:
+        self._db.execute(
+            "INSERT INTO checkpoints (run_id, attempt, step, path, size_bytes, stall_s, "
+            "persist_s, reported_unix, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                record.run_id,
+                record.attempt,
+                record.step,
+                record.path,
+                record.size_bytes,
+                record.stall_s,
+                record.persist_s,
+                record.reported_unix,
+                record.source,
+            ),
+        )
+
+    def checkpoints(self, name: str, limit: int = 1000) -> list[CheckpointRecord]:
+        """The job's reported checkpoints across its runs, oldest first (the newest `limit`)."""
+        rows = self._db.execute(
+            "SELECT c.run_id, c.attempt, c.step, c.path, c.size_bytes, c.stall_s, c.persist_s, "
+            "c.reported_unix, c.source FROM checkpoints c JOIN runs r ON r.run_id = c.run_id "
+            "WHERE r.name = ? ORDER BY c.id DESC LIMIT ?",
+            (name, limit),
+        ).fetchall()
+        return [CheckpointRecord(*row) for row in reversed(rows)]
+
+    def job_attempts(self, name: str, limit: int = 10_000) -> list[AttemptRecord]:
+        """The job's ended attempts across its runs, oldest first (the newest `limit`)."""
+        rows = self._db.execute(
+            f"SELECT {ATTEMPT_COLUMNS} FROM attempts a JOIN runs r ON r.run_id = a.run_id "
+            "WHERE r.name = ? AND a.ended_unix IS NOT NULL ORDER BY a.started_unix DESC LIMIT ?",
+            (name, limit),
+        ).fetchall()
+        return [_attempt(row) for row in reversed(rows)]
+
+    def add_interval_decision(self, record: IntervalRecord) -> None:
+        self._db.execute(
+            "INSERT INTO interval_decisions (run_id, decided_unix, interval_s, basis, reason, "
+            "ckpt_s, persist_s, restart_s, mtbf_s, failures, optimum_s, waste_fraction) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            dataclasses.astuple(record),
+        )
+
+    def interval_decisions(self, name: str) -> list[IntervalRecord]:
+        rows = self._db.execute(
+            "SELECT d.run_id, d.decided_unix, d.interval_s, d.basis, d.reason, d.ckpt_s, "
+            "d.persist_s, d.restart_s, d.mtbf_s, d.failures, d.optimum_s, d.waste_fraction "
+            "FROM interval_decisions d JOIN runs r ON r.run_id = d.run_id WHERE r.name = ? "
+            "ORDER BY d.id",
+            (name,),
+        )
+        return [IntervalRecord(*row) for row in rows]
+
     def kind_counts(self, run_id: str) -> dict[str, int]:
         """How many attempts of the run ended in each kind."""
         rows = self._db.execute(
@@ -226,33 +375,34 @@ class Journal:
         return {str(kind): int(count) for kind, count in rows}
 
     def attempts(self, run_id: str | None = None) -> list[AttemptRecord]:
-        query = (
-            "SELECT run_id, attempt, pid, started_unix, ended_unix, exit_code, signal, kind, "
-            "retryable, reason, uptime_s, resume_from, decision FROM attempts"
-        )
+        query = f"SELECT {ATTEMPT_COLUMNS} FROM attempts a"
         params: tuple[str, ...] = ()
         if run_id is not None:
-            query += " WHERE run_id = ?"
+            query += " WHERE a.run_id = ?"
             params = (run_id,)
-        rows = self._db.execute(query + " ORDER BY started_unix, attempt", params)
-        return [
-            AttemptRecord(
-                row[0],
-                row[1],
-                row[2],
-                row[3],
-                row[4],
-                row[5],
-                row[6],
-                row[7],
-                None if row[8] is None else bool(row[8]),
-                row[9],
-                row[10],
-                row[11],
-                row[12],
-            )
-            for row in rows
-        ]
+        rows = self._db.execute(query + " ORDER BY a.started_unix, a.attempt", params)
+        return [_attempt(row) for row in rows]
+
+
+def _attempt(row: tuple[Any, ...]) -> AttemptRecord:
+    return AttemptRecord(
+        run_id=row[0],
+        attempt=row[1],
+        pid=row[2],
+        started_unix=row[3],
+        ended_unix=row[4],
+        exit_code=row[5],
+        signal=row[6],
+        kind=row[7],
+        retryable=None if row[8] is None else bool(row[8]),
+        reason=row[9],
+        uptime_s=row[10],
+        resume_from=row[11],
+        decision=row[12],
+        ready_s=row[13],
+        last_step=row[14],
+        peak_rss_bytes=row[15],
+    )
 
 
 def _run(row: tuple[str, str, str, str, float, float | None]) -> RunRecord:

@@ -52,6 +52,10 @@ class HangDetector:
         self._tail_at_s = -math.inf
 
     @property
+    def last_step(self) -> int | None:
+        return self._last_step
+
+    @property
     def armed(self) -> bool:
         """Only a trainer that has heartbeated can hang."""
         return self._config.enabled and self._last_beat_s is not None

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stalwart.journal import Journal
+
+if TYPE_CHECKING:
+    from stalwart.supervisor import Supervisor
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -35,6 +40,48 @@ def fmt_bytes(value: object) -> str:
             return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
         size /= 1024
     return f"{size:.1f} TiB"
+
+
+def running_snapshot(supervisor: Supervisor) -> dict[str, Any]:
+    """Status of a running supervisor, as plain JSON-able data."""
+    journal, run = supervisor.journal, supervisor.run_record
+    assert journal is not None
+    assert run is not None
+    now_s = supervisor.clock.monotonic()
+    advice = supervisor.advice.advice
+    relaunch_at = supervisor.relaunch_at_s
+    snapshot: dict[str, Any] = {
+        "ok": True,
+        "running": True,
+        "name": supervisor.config.name,
+        "run_id": run.run_id,
+        "supervisor_pid": os.getpid(),
+        "state": supervisor.machine.state.value,
+        "interval_s": advice.interval_s,
+        "checkpoint_now": advice.checkpoint_now,
+        "drain": advice.drain,
+        "ckpt_dir": str(supervisor.ckpt_dir),
+        "failures": journal.kind_counts(run.run_id),
+        "failures_in_window": supervisor.policy.failures_in_window,
+        "next_launch_in_s": max(relaunch_at - now_s, 0.0) if relaunch_at is not None else None,
+    }
+    attempt = supervisor.attempt
+    if attempt is not None:
+        stats = attempt.hang.stats(now_s)
+        sample = attempt.last_sample
+        snapshot.update(
+            attempt=attempt.number,
+            pid=attempt.pid,
+            uptime_s=round(attempt.uptime_s(), 3),
+            resume_from=attempt.resume_from,
+            step=stats.last_step,
+            steps_per_s=stats.steps_per_s,
+            heartbeat_age_s=attempt.hang.silence_s(now_s),
+            hang_threshold_s=attempt.hang.threshold_s(now_s),
+            trainer_status=attempt.status_text,
+            resources=dataclasses.asdict(sample) if sample is not None else None,
+        )
+    return snapshot
 
 
 def from_journal(journal_path: Path, name: str) -> dict[str, Any]:

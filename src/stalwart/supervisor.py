@@ -9,7 +9,6 @@ only record the signal; this loop acts on it.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import logging
 import os
@@ -26,8 +25,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
-from stalwart import paths, process
-from stalwart.advice import Advice, write_advice
+from stalwart import paths, process, status_view
+from stalwart.advice import AdviceBoard
 from stalwart.classify import ExitContext, classify, compile_rules
 from stalwart.clock import Clock, SystemClock
 from stalwart.config import JobConfig
@@ -35,6 +34,7 @@ from stalwart.control import Connection, ControlServer
 from stalwart.errors import UsageError
 from stalwart.journal import Journal, RunRecord, RunStatus
 from stalwart.notify import NotifySocket
+from stalwart.pacing import Pacer
 from stalwart.preemption import (
     NoticeKind,
     PreemptionNotice,
@@ -57,6 +57,8 @@ logger = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 LOOP_TICK_S = 1.0
 """Upper bound on one wait: deadlines are checked (and children reaped) at least this often."""
+RECOMPUTE_INTERVAL = "recompute-interval"
+"""Event posted by the scheduler: time to re-decide the checkpoint interval."""
 CLEARED_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 """systemd's variables are the supervisor's, not the trainer's."""
 
@@ -87,19 +89,19 @@ class Supervisor:
         self.exit_code = ExitCode.OK
         self.final_message = ""
         self.attempt: Trainer | None = None
-        self._relaunch_at_s: float | None = None
+        self.relaunch_at_s: float | None = None
         self._running_at_s: float | None = None
         self._stop_requests = 0
         self._signals: deque[int] = deque()
         self._selector = selectors.DefaultSelector()
-        self._advice = Advice(interval_s=config.checkpoint.interval_s)
+        self.advice = AdviceBoard(config.checkpoint.interval.fixed_interval_s)
+        self.pacer: Pacer | None = None
         # set in run()
         self.journal: Journal | None = None
         self.run_record: RunRecord | None = None
         self._lock: paths.StateLock | None = None
         self._sentinel: process.Sentinel | None = None
         self._notify: NotifySocket | None = None
-        self._advice_path: Path | None = None
         self._wakeup: tuple[socket.socket, socket.socket] | None = None
         self._sampler = ResourceSampler(self.ckpt_dir)
         self._sample_at_s = 0.0
@@ -161,8 +163,15 @@ class Supervisor:
             paths.runtime_dir(self.config.name, self.state_dir, self.environ)
         )
         (self.state_dir / paths.RUNTIME_POINTER).write_text(f"{runtime}\n")
-        self._advice_path = runtime / "advice.json"
-        write_advice(self._advice_path, self._advice)
+        self.pacer = Pacer(
+            self.config.checkpoint.interval,
+            self.journal,
+            self.config.name,
+            self.run_record.run_id,
+            self.clock,
+        )
+        self.advice.set_interval(self.pacer.interval_s)
+        self.advice.publish_to(runtime / "advice.json")
         try:
             self._notify = NotifySocket(runtime / "notify.sock")
         except OSError as exc:
@@ -192,6 +201,12 @@ class Supervisor:
                 self.config.preemption.poll_interval_s,
                 lambda: watcher.poll(self.clock.wall()),
             )
+        self._scheduler.every(
+            "interval",
+            self.config.checkpoint.recompute_every_s,
+            lambda: RECOMPUTE_INTERVAL,
+            first_s=self.config.checkpoint.recompute_every_s,
+        )
         self._scheduler.start()
 
     def _install_signals(self) -> dict[int, Callable[..., object] | int | None]:
@@ -278,7 +293,7 @@ class Supervisor:
             deadlines.append(self._notify_resume_at_s)
         if self._systemd.watchdog_interval_s is not None:
             deadlines.append(self._watchdog_at_s)
-        for deadline in (self._relaunch_at_s, self._running_at_s):
+        for deadline in (self.relaunch_at_s, self._running_at_s):
             if deadline is not None:
                 deadlines.append(deadline)
         attempt = self.attempt
@@ -319,12 +334,8 @@ class Supervisor:
             self._systemd.watchdog()
             self._watchdog_at_s = now + self._systemd.watchdog_interval_s
         state = self.machine.state
-        if (
-            state is State.BACKOFF
-            and self._relaunch_at_s is not None
-            and now >= self._relaunch_at_s
-        ):
-            self._relaunch_at_s = None
+        if state is State.BACKOFF and self.relaunch_at_s is not None and now >= self.relaunch_at_s:
+            self.relaunch_at_s = None
             self._launch()
         elif (
             state is State.STARTING and self._running_at_s is not None and now >= self._running_at_s
@@ -397,33 +408,7 @@ class Supervisor:
             stats.heartbeats,
         )
         attempt.hang_killed = True
-        if attempt.request_stacks(self.config.hang.dump_wait_s):
-            logger.info(
-                "%s: asked the trainer for its stacks (SIGUSR2) into %s",
-                self.config.name,
-                self.dump_dir,
-            )
-        else:
-            self._py_spy_dump(attempt)
-
-    def _py_spy_dump(self, attempt: Trainer) -> None:
-        """Stacks of a trainer without the client, if py-spy is installed (bounded in time)."""
-        py_spy = shutil.which("py-spy")
-        if py_spy is None:
-            return
-        target = self.dump_dir / f"py-spy-{attempt.pid}.txt"
-        try:
-            with target.open("w") as handle:
-                subprocess.run(
-                    [py_spy, "dump", "--pid", str(attempt.pid)],
-                    stdout=handle,
-                    stderr=subprocess.STDOUT,
-                    timeout=max(self.config.hang.dump_wait_s, 1.0),
-                    check=False,
-                )
-            logger.info("%s: py-spy stacks in %s", self.config.name, target)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            logger.warning("%s: py-spy dump failed: %s", self.config.name, exc)
+        attempt.dump_stacks(self.dump_dir, self.config.hang.dump_wait_s)
 
     # control and status
 
@@ -461,11 +446,7 @@ class Supervisor:
 
     def checkpoint_now(self, why: str) -> None:
         """Ask for a checkpoint at the next step boundary (advice counter; SIGUSR1 if caught)."""
-        self._advice = dataclasses.replace(
-            self._advice, checkpoint_now=self._advice.checkpoint_now + 1
-        )
-        if self._advice_path is not None:
-            write_advice(self._advice_path, self._advice)
+        self.advice.request_checkpoint()
         attempt = self.attempt
         if attempt is not None and catches_signal(attempt.pid, signal.SIGUSR1):
             os.kill(attempt.pid, signal.SIGUSR1)
@@ -479,48 +460,12 @@ class Supervisor:
         step = f", step {stats.last_step}" if stats.last_step is not None else ""
         return (
             f"{self.machine.state.value}: attempt {attempt.number}, pid {attempt.pid}{step}, "
-            f"interval {self._advice.interval_s:g} s"
+            f"interval {self.advice.advice.interval_s:g} s"
         )
 
     def status(self) -> dict[str, object]:
         """What `stalwart status` shows, as plain JSON-able data."""
-        assert self.journal is not None
-        assert self.run_record is not None
-        now_s = self.clock.monotonic()
-        attempt = self.attempt
-        snapshot: dict[str, object] = {
-            "ok": True,
-            "running": True,
-            "name": self.config.name,
-            "run_id": self.run_record.run_id,
-            "supervisor_pid": os.getpid(),
-            "state": self.machine.state.value,
-            "interval_s": self._advice.interval_s,
-            "checkpoint_now": self._advice.checkpoint_now,
-            "drain": self._advice.drain,
-            "ckpt_dir": str(self.ckpt_dir),
-            "failures": self.journal.kind_counts(self.run_record.run_id),
-            "failures_in_window": self.policy.failures_in_window,
-            "next_launch_in_s": (
-                max(self._relaunch_at_s - now_s, 0.0) if self._relaunch_at_s is not None else None
-            ),
-        }
-        if attempt is not None:
-            stats = attempt.hang.stats(now_s)
-            sample = attempt.last_sample
-            snapshot.update(
-                attempt=attempt.number,
-                pid=attempt.pid,
-                uptime_s=round(attempt.uptime_s(), 3),
-                resume_from=attempt.resume_from,
-                step=stats.last_step,
-                steps_per_s=stats.steps_per_s,
-                heartbeat_age_s=attempt.hang.silence_s(now_s),
-                hang_threshold_s=attempt.hang.threshold_s(now_s),
-                trainer_status=attempt.status_text,
-                resources=dataclasses.asdict(sample) if sample is not None else None,
-            )
-        return snapshot
+        return status_view.running_snapshot(self)
 
     # stopping
 
@@ -554,11 +499,9 @@ class Supervisor:
         self._stop_requests += 1
         state = self.machine.state
         if self._stop_requests == 1:
-            self._advice = dataclasses.replace(self._advice, drain=True)
-            if self._advice_path is not None:
-                write_advice(self._advice_path, self._advice)
+            self.advice.drain()
         if state is State.BACKOFF:
-            self._relaunch_at_s = None
+            self.relaunch_at_s = None
             self.exit_code = ExitCode.OK
             self.final_message = f"{self.config.name}: stopped on {why} during backoff"
             self.machine.to(State.EXITED, f"{why} during backoff")
@@ -602,6 +545,9 @@ class Supervisor:
                 return
             if isinstance(event, PreemptionNotice):
                 self._on_preemption(event)
+            elif event is RECOMPUTE_INTERVAL and self.pacer is not None:
+                running_s = self.attempt.uptime_s() if self.attempt is not None else 0.0
+                self.advice.set_interval(self.pacer.recompute(running_s).interval_s)
 
     def _on_preemption(self, notice: PreemptionNotice) -> None:
         """A notice: emergency checkpoint, and for a binding one a drain before the deadline."""
@@ -624,16 +570,9 @@ class Supervisor:
         if self._preemption is not None or self.machine.terminal:
             return
         self._preemption = notice
-        self._advice = dataclasses.replace(
-            self._advice,
-            checkpoint_now=self._advice.checkpoint_now + 1,
-            drain=True,
-            deadline_unix=notice.deadline_unix,
-        )
-        if self._advice_path is not None:
-            write_advice(self._advice_path, self._advice)
+        self.advice.drain(checkpoint=True, deadline_unix=notice.deadline_unix)
         if self.machine.state is State.BACKOFF:
-            self._relaunch_at_s = None
+            self.relaunch_at_s = None
             self._finish_preempted(None)
             return
         attempt = self.attempt
@@ -702,7 +641,7 @@ class Supervisor:
             STALWART_ATTEMPT=str(attempt),
             STALWART_CKPT_DIR=str(self.ckpt_dir),
             STALWART_RESUME_FROM=resume_from,
-            STALWART_ADVICE_FILE=str(self._advice_path or ""),
+            STALWART_ADVICE_FILE=str(self.advice.path or ""),
             STALWART_NOTIFY_SOCKET=str(self._notify.path) if self._notify else "",
             STALWART_DUMP_DIR=str(self.dump_dir),
         )
@@ -799,18 +738,55 @@ class Supervisor:
     ) -> None:
         step = fields.get("STEP")
         if isinstance(step, int):
+            if attempt.ready_s is None:
+                self._on_first_step(attempt, now_s - attempt.started_s)
             attempt.hang.heartbeat(now_s, step)
         elif "READY" in fields:
             attempt.hang.heartbeat(now_s)
-        if "CKPT_BEGIN" in fields:
+        begin = fields.get("CKPT_BEGIN")
+        if isinstance(begin, int):
+            attempt.ckpt_step = begin
             attempt.hang.checkpoint_begin(now_s)
-        if "CKPT_DONE" in fields or "CKPT_STALL_S" in fields:
+        if "CKPT_DONE" in fields or "CKPT_STALL_S" in fields or "CKPT_PERSIST_S" in fields:
             attempt.hang.checkpoint_end(now_s)
+            self._on_save_report(attempt, fields)
         if "DONE" in fields:
             attempt.done_reported = True
         status = fields.get("STATUS")
         if isinstance(status, str):
             attempt.status_text = status
+
+    def _on_first_step(self, attempt: Trainer, ready_s: float) -> None:
+        """Launch to first step: the restart cost R of the interval model."""
+        assert self.journal is not None
+        assert self.run_record is not None
+        assert self.pacer is not None
+        attempt.ready_s = ready_s
+        self.journal.set_attempt_progress(self.run_record.run_id, attempt.number, ready_s=ready_s)
+        self.advice.set_interval(self.pacer.on_restart(ready_s).interval_s)
+
+    def _on_save_report(self, attempt: Trainer, fields: dict[str, int | float | str]) -> None:
+        assert self.pacer is not None
+
+        def number(key: str) -> float | None:
+            value = fields.get(key)
+            return float(value) if isinstance(value, int | float) else None
+
+        done = fields.get("CKPT_DONE")
+        size = fields.get("CKPT_BYTES")
+        step = attempt.ckpt_step if attempt.ckpt_step is not None else attempt.hang.last_step
+        decision = self.pacer.on_save(
+            attempt=attempt.number,
+            step=step,
+            path=str(done) if done is not None else None,
+            size_bytes=size if isinstance(size, int) else None,
+            stall_s=number("CKPT_STALL_S"),
+            persist_s=number("CKPT_PERSIST_S"),
+            source="trainer",
+            running_exposure_s=attempt.uptime_s(),
+        )
+        attempt.ckpt_step = None
+        self.advice.set_interval(decision.interval_s)
 
     def _reap(self) -> None:
         """Reap on SIGCHLD, and once a tick in case a signal was coalesced away."""
@@ -856,6 +832,14 @@ class Supervisor:
             rules=self.rules,
             non_retryable_exit_codes=frozenset(self.config.classify.non_retryable_exit_codes),
         )
+        assert self.journal is not None
+        assert self.run_record is not None
+        self.journal.set_attempt_progress(
+            self.run_record.run_id,
+            attempt.number,
+            last_step=attempt.hang.last_step,
+            peak_rss_bytes=attempt.peak_rss_bytes or None,
+        )
         self._conclude(attempt.number, status, verdict, uptime_s)
 
     def _conclude(
@@ -872,6 +856,8 @@ class Supervisor:
         else:
             decision = self.policy.on_exit(self.clock.monotonic(), verdict, uptime_s)
         described = status.describe() if status else "did not start"
+        if self.pacer is not None:
+            self.advice.set_interval(self.pacer.on_attempt_end(uptime_s, verdict.kind).interval_s)
         self.journal.end_attempt(
             self.run_record.run_id,
             number,
@@ -892,7 +878,7 @@ class Supervisor:
         )
         if decision.action is Action.RESTART:
             logger.info("%s: relaunching in %.2f s (%s)", name, decision.delay_s, decision.reason)
-            self._relaunch_at_s = self.clock.monotonic() + decision.delay_s
+            self.relaunch_at_s = self.clock.monotonic() + decision.delay_s
             self.machine.to(State.BACKOFF, f"restart in {decision.delay_s:.2f} s")
         elif decision.action is Action.FINISH and verdict.kind is ExitKind.PREEMPTED:
             self._finish_preempted(number)

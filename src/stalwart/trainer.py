@@ -10,6 +10,7 @@ import logging
 import os
 import select
 import selectors
+import shutil
 import signal
 import subprocess
 from collections import deque
@@ -110,6 +111,10 @@ class Trainer:
         self.killed = False
         self.hang_killed = False
         self.done_reported = False
+        self.ready_s: float | None = None
+        """Launch to first step heartbeat, once seen."""
+        self.ckpt_step: int | None = None
+        """Step of the save in progress (CKPT_BEGIN), until its report."""
         self.escalate_grace_s: float | None = None
         """Set when a drain escalates in stages: stop signal at kill_at_s, SIGKILL this later."""
         self.kill_at_s: float | None = None
@@ -145,16 +150,40 @@ class Trainer:
             self.stop_signal_sent = True
         self.kill_at_s = self._clock.monotonic() + grace_s
 
-    def request_stacks(self, dump_wait_s: float) -> bool:
-        """Ask a client-instrumented trainer for its Python stacks; kill after `dump_wait_s`."""
-        asked = False
+    def dump_stacks(self, dump_dir: Path, dump_wait_s: float) -> None:
+        """Get the trainer's Python stacks into `dump_dir`, then SIGKILL after `dump_wait_s`.
+
+        A client-instrumented trainer handles SIGUSR2 (faulthandler writes every thread's
+        stack, even with the GIL stuck); otherwise py-spy is tried if installed.
+        """
         if catches_signal(self.pid, signal.SIGUSR2):
             os.kill(self.pid, signal.SIGUSR2)
             # A SIGSTOPped trainer only handles it once continued.
             os.kill(self.pid, signal.SIGCONT)
-            asked = True
-        self.kill_at_s = self._clock.monotonic() + (dump_wait_s if asked else 0.0)
-        return asked
+            logger.info("asked trainer pid %d for its stacks (SIGUSR2) into %s", self.pid, dump_dir)
+            self.kill_at_s = self._clock.monotonic() + dump_wait_s
+            return
+        self._py_spy_dump(dump_dir, dump_wait_s)
+        self.kill_at_s = self._clock.monotonic()
+
+    def _py_spy_dump(self, dump_dir: Path, timeout_s: float) -> None:
+        py_spy = shutil.which("py-spy")
+        if py_spy is None:
+            return
+        target = dump_dir / f"py-spy-{self.pid}.txt"
+        try:
+            dump_dir.mkdir(parents=True, exist_ok=True)
+            with target.open("w") as handle:
+                subprocess.run(
+                    [py_spy, "dump", "--pid", str(self.pid)],
+                    stdout=handle,
+                    stderr=subprocess.STDOUT,
+                    timeout=max(timeout_s, 1.0),
+                    check=False,
+                )
+            logger.info("py-spy stacks of pid %d in %s", self.pid, target)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            logger.warning("py-spy dump of pid %d failed: %s", self.pid, exc)
 
     def kill(self, kill_wait_s: float) -> None:
         process.signal_group(self.pid, signal.SIGKILL)
