@@ -1,0 +1,130 @@
+"""The advised interval, learned online: the Pacer over a real journal, and end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stalwart.clock import FakeClock
+from stalwart.interval import IntervalConfig, daly_interval_s
+from stalwart.journal import Journal
+from stalwart.pacing import Pacer
+from stalwart.types import ExitKind
+from tests.supervised import environment, stalwart_argv
+
+CONFIG = IntervalConfig(
+    min_interval_s=0.01,
+    max_interval_s=3600,
+    prior_mtbf_s=1.0,
+    prior_weight_failures=1.0,
+    half_life_s=None,
+    hysteresis_fraction=0.05,
+)
+
+
+def test_pacer_learns_and_a_restarted_supervisor_remembers(tmp_path: Path) -> None:
+    clock = FakeClock()
+    with Journal(tmp_path / "j.sqlite") as journal:
+        run = journal.start_run("job", ["x"], clock.wall())
+        pacer = Pacer(CONFIG, journal, "job", run.run_id, clock)
+        assert pacer.decision.basis.value == "unmeasured"
+        for attempt in range(40):
+            journal.start_attempt(run.run_id, attempt, 1, clock.wall(), "")
+            pacer.on_save(
+                attempt=attempt,
+                step=attempt,
+                path=None,
+                size_bytes=None,
+                stall_s=3.0,
+                persist_s=None,
+                source="trainer",
+                running_exposure_s=50.0,
+            )
+            decision = pacer.on_attempt_end(100.0, ExitKind.INFRA)
+            journal.end_attempt(
+                run.run_id,
+                attempt,
+                now_unix=clock.wall(),
+                status=None,
+                verdict=__import__("stalwart.types").types.Classification(
+                    ExitKind.INFRA, True, "x"
+                ),
+                uptime_s=100.0,
+                decision="restart",
+            )
+        expected = daly_interval_s(3.0, 100.0 * 40 / 41 + 1.0 / 41)
+        assert decision.interval_s == pytest.approx(expected, rel=0.06)
+        assert len(journal.interval_decisions("job")) >= 2
+        again = Pacer(CONFIG, journal, "job", run.run_id, clock)
+        assert again.interval_s == pytest.approx(decision.interval_s, rel=1e-9)
+        user_error = again.on_attempt_end(1.0, ExitKind.USER_ERROR)
+        assert user_error.mtbf_s >= decision.mtbf_s  # user errors are not machine failures
+
+
+TRAINER = """
+import os, sys, time
+from stalwart.client import Client
+client = Client()
+client.ready()
+time.sleep(0.05)
+client.step(1)
+client.checkpoint_begin(1)
+client.saved(1, stall_s=float(sys.argv[1]), persist_s=float(sys.argv[1]))
+deadline = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < deadline:
+    time.sleep(0.01)
+sys.exit(1)
+"""
+
+
+def test_advised_interval_converges_to_the_optimum_for_the_injected_rate(
+    tmp_path: Path, runtime_dir: Path
+) -> None:
+    """Every attempt saves with cost C, then fails after U seconds: M is about U."""
+    ckpt_s, uptime_s, attempts = 0.02, 0.5, 16
+    argv = stalwart_argv(
+        "run",
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--max-restarts",
+        str(attempts - 1),
+        "--set",
+        "restart.backoff_initial_s=0",
+        "--set",
+        "checkpoint.interval.min_interval_s=0.01",
+        "--set",
+        "checkpoint.interval.prior_mtbf_s=1",
+        "--set",
+        "checkpoint.interval.half_life_s=null",
+        "--",
+        sys.executable,
+        "-c",
+        TRAINER,
+        str(ckpt_s),
+        str(uptime_s),
+    )
+    result = subprocess.run(
+        argv,
+        cwd=tmp_path,
+        env=environment(runtime_dir),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 3, result.stderr  # the budget ends it
+    with Journal(tmp_path / "state" / "journal.sqlite") as journal:
+        decisions = journal.interval_decisions("default")
+        attempts_seen = journal.attempts()
+    assert len(attempts_seen) == attempts
+    mean_uptime = sum(a.uptime_s or 0 for a in attempts_seen) / len(attempts_seen)
+    optimum = daly_interval_s(ckpt_s, mean_uptime)
+    final = decisions[-1]
+    assert final.basis in ("optimum", "held")
+    assert final.interval_s == pytest.approx(optimum, rel=0.15), (final, optimum)
+    advice = json.loads((runtime_dir / "stalwart" / "default" / "advice.json").read_text())
+    assert advice["interval_s"] == final.interval_s  # what the trainer was told
