@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,torch]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,torch,plot]'
 	touch $(STAMP)
 
 venv: $(STAMP)

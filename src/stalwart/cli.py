@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,17 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("name", nargs="?", default="default", help="job name")
         sub.add_argument("--state-dir", type=Path, help="state directory of the job")
         sub.add_argument("--json", action="store_true", help="machine-readable output")
+
+    report = commands.add_parser("report", help="summary and timeline picture from the journal")
+    report.add_argument("name", nargs="?", default="default", help="job name")
+    report.add_argument("--state-dir", type=Path, help="state directory of the job")
+    report.add_argument("--out", type=Path, help="write the timeline PNG here (needs matplotlib)")
+
+    commands.add_parser(
+        "simulate",
+        help="compare checkpoint strategies on simulated failures (see `stalwart simulate -h`)",
+        add_help=False,
+    )
 
     systemd = commands.add_parser("systemd", help="run jobs as systemd services")
     systemd_commands = systemd.add_subparsers(
@@ -261,8 +273,47 @@ def cmd_systemd_install(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from stalwart import report
+
+    state = paths.find_state_dir(args.name, args.state_dir, os.environ)
+    journal_path = state / "journal.sqlite"
+    if not journal_path.exists():
+        raise UsageError(f"no journal for job {args.name!r} at {journal_path}; pass --state-dir")
+    now_unix = time.time()
+    with Journal(journal_path) as journal:
+        attempts = journal.job_attempts(args.name) + [
+            a for a in journal.attempts() if a.ended_unix is None
+        ]
+        checkpoints = journal.checkpoints(args.name)
+        decisions = journal.interval_decisions(args.name)
+    summary = report.summarize(attempts, checkpoints, decisions, now_unix)
+    sys.stdout.write(report.render_text(args.name, summary))
+    if args.out is not None:
+        try:
+            report.plot(
+                args.out,
+                args.name,
+                attempts=attempts,
+                checkpoints=checkpoints,
+                decisions=decisions,
+                summary=summary,
+                now_unix=now_unix,
+            )
+        except ImportError:
+            raise UsageError(
+                "the timeline picture needs matplotlib: pip install 'stalwart[plot]'"
+            ) from None
+        sys.stdout.write(f"timeline: {args.out}\n")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
+    if raw[:1] == ["simulate"]:
+        from stalwart import simulate
+
+        return simulate.main(raw[1:])
     before, command = _split_command(raw)
     parser = _parser()
     try:
@@ -281,6 +332,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_control(args)
         if args.command == "systemd":
             return cmd_systemd_install(args)
+        if args.command == "report":
+            return cmd_report(args)
         return cmd_history(args)
     except StalwartError as exc:
         logger.error("%s", exc)
