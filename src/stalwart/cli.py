@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from stalwart import __version__, config, control, install, paths, status_view
+from stalwart import __version__, ckpt_cli, config, control, install, paths, status_view
 from stalwart.errors import StalwartError, UsageError
 from stalwart.journal import Journal
 from stalwart.status_view import fmt_time, table
@@ -131,6 +131,8 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("name", nargs="?", default="default", help="job name")
         sub.add_argument("--state-dir", type=Path, help="state directory of the job")
         sub.add_argument("--json", action="store_true", help="machine-readable output")
+
+    ckpt_cli.add_parser(commands)
 
     report = commands.add_parser("report", help="summary and timeline picture from the journal")
     report.add_argument("name", nargs="?", default="default", help="job name")
@@ -334,6 +336,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_systemd_install(args)
         if args.command == "report":
             return cmd_report(args)
+        if args.command == "checkpoints":
+            return ckpt_cli.run(args)
         return cmd_history(args)
     except StalwartError as exc:
         logger.error("%s", exc)

@@ -131,6 +131,22 @@ class CheckpointConfig(_Section):
 
     dir: Path | None = None
     """Checkpoint directory (STALWART_CKPT_DIR); default `<state_dir>/checkpoints`."""
+    keep_last: int = Field(default=3, ge=1)
+    """Verified checkpoints kept (the newest verified one is never deleted)."""
+    keep_every_steps: int | None = Field(default=None, gt=0)
+    """Also keep every checkpoint whose step is a multiple of this (milestones)."""
+    pinned: list[str] = []
+    """Checkpoint names never pruned."""
+    min_free_bytes: int = Field(default=0, ge=0)
+    """Prune oldest eligible checkpoints (and warn) when free space falls below this."""
+    foreign_globs: list[str] = []
+    """Top-level names of checkpoints written without stalwart (e.g. 'checkpoint-*', '*.ckpt')."""
+    adopt_foreign: bool = True
+    """Write a manifest beside a stable, format-valid foreign checkpoint, so it verifies fully."""
+    observe: bool = True
+    """Watch the directory (watchdog) to measure save cost of trainers that do not report it."""
+    quiescence_s: PositiveS = 2.0
+    """A foreign write is finished after this long without file events."""
     interval: IntervalConfig = IntervalConfig()
     """How often the trainer is advised to save: adaptive (Young/Daly) or fixed."""
     recompute_every_s: PositiveS = 60.0

@@ -82,6 +82,26 @@ MIGRATIONS: tuple[str, ...] = (
         waste_fraction REAL
     );
     """,
+    """
+    CREATE TABLE verify_cache (
+        root TEXT NOT NULL,
+        name TEXT NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        size_bytes INTEGER NOT NULL,
+        intact INTEGER NOT NULL,
+        PRIMARY KEY (root, name, mtime_ns, size_bytes)
+    );
+    CREATE TABLE quarantines (
+        id INTEGER PRIMARY KEY,
+        run_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        source TEXT NOT NULL,
+        destination TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        at_unix REAL NOT NULL
+    );
+    """,
 )
 
 ATTEMPT_COLUMNS = (
@@ -134,6 +154,19 @@ class CheckpointRecord:
     reported_unix: float
     source: str
     """'trainer' (notify report) or 'observed' (checkpoint-directory watcher)."""
+
+
+@dataclass(frozen=True)
+class QuarantineRecord:
+    """A checkpoint moved to .quarantine/, and why."""
+
+    run_id: str
+    name: str
+    source: str
+    destination: str
+    reason: str
+    detail: str
+    at_unix: float
 
 
 @dataclass(frozen=True)
@@ -364,6 +397,40 @@ class Journal:
             (name,),
         )
         return [IntervalRecord(*row) for row in rows]
+
+    def cached_verdict(self, root: str, name: str, mtime_ns: int, size_bytes: int) -> bool | None:
+        row = self._db.execute(
+            "SELECT intact FROM verify_cache WHERE root = ? AND name = ? AND mtime_ns = ? "
+            "AND size_bytes = ?",
+            (root, name, mtime_ns, size_bytes),
+        ).fetchone()
+        return None if row is None else bool(row[0])
+
+    def cache_verdict(
+        self, root: str, name: str, mtime_ns: int, size_bytes: int, intact: bool
+    ) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO verify_cache (root, name, mtime_ns, size_bytes, intact) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (root, name, mtime_ns, size_bytes, int(intact)),
+        )
+
+    def add_quarantine(self, record: QuarantineRecord) -> None:
+        self._db.execute(
+            "INSERT INTO quarantines (run_id, name, source, destination, reason, detail, at_unix) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            dataclasses.astuple(record),
+        )
+
+    def quarantines(self, run_id: str | None = None) -> list[QuarantineRecord]:
+        query = (
+            "SELECT run_id, name, source, destination, reason, detail, at_unix FROM quarantines"
+        )
+        params: tuple[str, ...] = ()
+        if run_id is not None:
+            query += " WHERE run_id = ?"
+            params = (run_id,)
+        return [QuarantineRecord(*row) for row in self._db.execute(query + " ORDER BY id", params)]
 
     def kind_counts(self, run_id: str) -> dict[str, int]:
         """How many attempts of the run ended in each kind."""

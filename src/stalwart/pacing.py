@@ -63,12 +63,6 @@ class Pacer:
         self.decision = decision
         if not (decision.changed or force):
             return
-        logger.info(
-            "checkpoint interval -> %.0f s (%s: %s)",
-            decision.interval_s,
-            decision.basis.value,
-            decision.reason,
-        )
         self._journal.add_interval_decision(
             IntervalRecord(
                 run_id=self._run_id,

@@ -25,6 +25,10 @@ RUNTIME_POINTER = "runtime_dir"
 """A file in the state dir naming the runtime dir, so `stalwart status` finds the sockets."""
 
 
+CKPT_DIR_POINTER = "ckpt_dir"
+"""A file in the state dir naming the checkpoint dir, for `stalwart checkpoints`."""
+
+
 def find_state_dir(name: str, configured: Path | None, environ: Mapping[str, str]) -> Path:
     """The state dir of an existing job: like `state_dir`, then the systemd location."""
     if configured is not None or environ.get("STATE_DIRECTORY"):
@@ -35,12 +39,20 @@ def find_state_dir(name: str, configured: Path | None, environ: Mapping[str, str
     return state_dir(name, configured, environ)
 
 
-def recorded_runtime_dir(state: Path) -> Path | None:
+def _pointer(state: Path, name: str) -> Path | None:
     try:
-        text = (state / RUNTIME_POINTER).read_text().strip()
+        text = (state / name).read_text().strip()
     except OSError:
         return None
     return Path(text) if text else None
+
+
+def recorded_runtime_dir(state: Path) -> Path | None:
+    return _pointer(state, RUNTIME_POINTER)
+
+
+def recorded_ckpt_dir(state: Path) -> Path | None:
+    return _pointer(state, CKPT_DIR_POINTER)
 
 
 def runtime_dir(name: str, state: Path, environ: Mapping[str, str]) -> Path:

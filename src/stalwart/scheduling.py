@@ -30,11 +30,7 @@ class Scheduler:
         )
         self._started = False
 
-    def every(
-        self, name: str, interval_s: float, job: Callable[[], object | None], *, first_s: float = 0
-    ) -> None:
-        """Run `job` every `interval_s` (first after `first_s`); post what it returns."""
-
+    def _wrap(self, name: str, job: Callable[[], object | None]) -> Callable[[], None]:
         def run() -> None:
             try:
                 result = job()
@@ -44,8 +40,15 @@ class Scheduler:
             if result is not None:
                 self._post(result)
 
+        return run
+
+    def every(
+        self, name: str, interval_s: float, job: Callable[[], object | None], *, first_s: float = 0
+    ) -> None:
+        """Run `job` every `interval_s` (first after `first_s`); post what it returns."""
+
         self._scheduler.add_job(
-            run,
+            self._wrap(name, job),
             "interval",
             seconds=interval_s,
             id=name,
@@ -53,10 +56,24 @@ class Scheduler:
             next_run_time=datetime.now(UTC) + timedelta(seconds=first_s),
         )
 
+    def submit(self, name: str, job: Callable[[], object | None]) -> None:
+        """Run `job` once, now, in the background; post what it returns.
+
+        A submission while the same job is still pending replaces it (the newest wins).
+        """
+        self._scheduler.add_job(
+            self._wrap(name, job),
+            "date",
+            run_date=datetime.now(UTC),
+            id=name,
+            name=name,
+            replace_existing=True,
+        )
+
     def start(self) -> None:
-        if self._scheduler.get_jobs():
-            self._scheduler.start()
-            self._started = True
+        """Start the worker threads (one-off jobs submitted before this wait for it)."""
+        self._scheduler.start()
+        self._started = True
 
     def shutdown(self) -> None:
         if self._started:

@@ -27,12 +27,14 @@ from typing import BinaryIO
 
 from stalwart import paths, process, status_view
 from stalwart.advice import AdviceBoard
+from stalwart.checkpoint import FormatStatus, WriteKind, WriteObserved
 from stalwart.classify import ExitContext, classify, compile_rules
 from stalwart.clock import Clock, SystemClock
 from stalwart.config import JobConfig
 from stalwart.control import Connection, ControlServer
 from stalwart.errors import UsageError
 from stalwart.journal import Journal, RunRecord, RunStatus
+from stalwart.keeper import AdoptionDone, CheckpointKeeper, RetentionDone
 from stalwart.notify import NotifySocket
 from stalwart.pacing import Pacer
 from stalwart.preemption import (
@@ -96,6 +98,9 @@ class Supervisor:
         self._selector = selectors.DefaultSelector()
         self.advice = AdviceBoard(config.checkpoint.interval.fixed_interval_s)
         self.pacer: Pacer | None = None
+        self.keeper: CheckpointKeeper | None = None
+        self._retention_running = False
+        self._retention_again = False
         # set in run()
         self.journal: Journal | None = None
         self.run_record: RunRecord | None = None
@@ -163,6 +168,7 @@ class Supervisor:
             paths.runtime_dir(self.config.name, self.state_dir, self.environ)
         )
         (self.state_dir / paths.RUNTIME_POINTER).write_text(f"{runtime}\n")
+        (self.state_dir / paths.CKPT_DIR_POINTER).write_text(f"{self.ckpt_dir}\n")
         self.pacer = Pacer(
             self.config.checkpoint.interval,
             self.journal,
@@ -171,6 +177,9 @@ class Supervisor:
             self.clock,
         )
         self.advice.set_interval(self.pacer.interval_s)
+        self.keeper = CheckpointKeeper(
+            self.config.checkpoint, self.ckpt_dir, self.journal, self.run_record.run_id, self.clock
+        )
         self.advice.publish_to(runtime / "advice.json")
         try:
             self._notify = NotifySocket(runtime / "notify.sock")
@@ -240,6 +249,8 @@ class Supervisor:
                 self.attempt.popen.wait(self.config.stop.kill_wait_s)
             self.attempt.finish_output()
             self.attempt = None
+        if self.keeper is not None:
+            self.keeper.stop_observer()
         self._scheduler.shutdown()
         self._sampler.close()
         if self._control is not None:
@@ -273,6 +284,8 @@ class Supervisor:
             process.set_child_subreaper(True)
             self._sentinel = process.Sentinel()
             self._start_watchers()
+            if self.keeper is not None:
+                self.keeper.start_observer(self.post)
             self._launch()
             while not self.machine.terminal:
                 self._wait_for_events()
@@ -528,6 +541,73 @@ class Supervisor:
             logger.warning("%s: %s again: killing the trainer now", self.config.name, why)
             attempt.kill(self.config.stop.kill_wait_s)
 
+    # checkpoints
+
+    def _after_save(self, size_bytes: int | None) -> None:
+        """A new checkpoint exists: prune old ones in the background, one pass at a time."""
+        keeper = self.keeper
+        if keeper is None:
+            return
+        if self._retention_running:
+            self._retention_again = True
+            return
+        self._retention_running = True
+        self._retention_again = False
+        journal_path = self.state_dir / "journal.sqlite"
+        self._scheduler.submit("retention", lambda: keeper.retain(journal_path, size_bytes))
+
+    def _on_observed_write(self, event: WriteObserved) -> None:
+        """A checkpoint write seen by the directory watcher (foreign, or ours unreported)."""
+        attempt = self.attempt
+        keeper = self.keeper
+        if attempt is None or keeper is None or self.pacer is None:
+            return
+        foreign = event.kind is WriteKind.FOREIGN
+        valid = event.format is not None and event.format.status is FormatStatus.VALID
+        logger.info(
+            "%s: observed %s checkpoint %s: %d bytes written in %.2f s%s",
+            self.config.name,
+            event.kind.value,
+            event.name,
+            event.size_bytes,
+            event.duration_s,
+            f" ({event.format.reason})" if event.format is not None else "",
+        )
+        if not attempt.reported_saves and (valid or not foreign):
+            # A trainer that does not report its saves: the write time is its cost.
+            decision = self.pacer.on_save(
+                attempt=attempt.number,
+                step=None,
+                path=str(event.path),
+                size_bytes=event.size_bytes,
+                stall_s=event.duration_s,
+                persist_s=event.duration_s,
+                source="observed",
+                running_exposure_s=attempt.uptime_s(),
+            )
+            self.advice.set_interval(decision.interval_s)
+        if foreign and valid and self.config.checkpoint.adopt_foreign:
+            run_id, number = self.run_record.run_id if self.run_record else "", attempt.number
+            self._scheduler.submit(
+                f"adopt:{event.name}", lambda: keeper.adopt(event, run_id, number)
+            )
+        self._after_save(event.size_bytes)
+
+    def _on_retention(self, done: RetentionDone) -> None:
+        self._retention_running = False
+        if self._retention_again:
+            self._after_save(None)
+        for path in done.deleted:
+            logger.info("%s: pruned checkpoint %s", self.config.name, path.name)
+        if done.plan is not None and done.plan.short_bytes > 0:
+            logger.warning(
+                "%s: %d more bytes are needed in %s and nothing more can be pruned; "
+                "the next save may fail (free space or lower checkpoint.keep_last)",
+                self.config.name,
+                done.plan.short_bytes,
+                self.ckpt_dir,
+            )
+
     # preemption
 
     def post(self, event: object) -> None:
@@ -545,6 +625,13 @@ class Supervisor:
                 return
             if isinstance(event, PreemptionNotice):
                 self._on_preemption(event)
+            elif isinstance(event, WriteObserved):
+                self._on_observed_write(event)
+            elif isinstance(event, RetentionDone):
+                self._on_retention(event)
+            elif isinstance(event, AdoptionDone):
+                log = logger.info if event.ok else logger.warning
+                log("%s: adopting %s: %s", self.config.name, event.name, event.detail)
             elif event is RECOMPUTE_INTERVAL and self.pacer is not None:
                 running_s = self.attempt.uptime_s() if self.attempt is not None else 0.0
                 self.advice.set_interval(self.pacer.recompute(running_s).interval_s)
@@ -626,8 +713,9 @@ class Supervisor:
     # launching
 
     def _resume_from(self) -> str:
-        """Path of the checkpoint to resume from; empty until the checkpoint store exists."""
-        return ""
+        """The newest checkpoint that verifies intact (newer broken ones are quarantined)."""
+        assert self.keeper is not None
+        return self.keeper.prepare_resume().env_value
 
     def trainer_env(self, attempt: int, resume_from: str) -> dict[str, str]:
         assert self.run_record is not None
@@ -786,7 +874,9 @@ class Supervisor:
             running_exposure_s=attempt.uptime_s(),
         )
         attempt.ckpt_step = None
+        attempt.reported_saves = True
         self.advice.set_interval(decision.interval_s)
+        self._after_save(size if isinstance(size, int) else None)
 
     def _reap(self) -> None:
         """Reap on SIGCHLD, and once a tick in case a signal was coalesced away."""
@@ -805,6 +895,8 @@ class Supervisor:
         assert attempt.popen.returncode is not None
         assert self._sentinel is not None
         uptime_s = attempt.uptime_s()
+        # Everything it sent before dying is queued on the socket: it belongs to this attempt.
+        self._read_notify()
         # The leader is gone; whatever it left in its group or orphaned to us goes too.
         process.signal_group(attempt.pid, signal.SIGKILL)
         process.kill_orphans({self._sentinel.pid})

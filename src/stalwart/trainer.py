@@ -113,6 +113,8 @@ class Trainer:
         self.done_reported = False
         self.ready_s: float | None = None
         """Launch to first step heartbeat, once seen."""
+        self.reported_saves = False
+        """The trainer reports its saves (CKPT_*): the directory watcher's view is not needed."""
         self.ckpt_step: int | None = None
         """Step of the save in progress (CKPT_BEGIN), until its report."""
         self.escalate_grace_s: float | None = None

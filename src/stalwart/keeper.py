@@ -1,0 +1,185 @@
+"""Keeping the job's checkpoints: verified resume, quarantine records, retention, observation.
+
+Glue between the checkpoint store (`stalwart.checkpoint`, which knows files) and
+the journal (which remembers): verification verdicts are cached in the journal,
+every quarantine is journaled, retention runs off the loop in a background job.
+A lock keeps retention and adoption from touching the directory while the loop
+picks the checkpoint to resume from.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from stalwart.checkpoint import (
+    CacheKey,
+    CheckpointObserver,
+    CheckpointState,
+    HashAlgo,
+    ResumeDecision,
+    RetentionPlan,
+    RetentionPolicy,
+    WriteObserved,
+    adopt,
+    apply_retention,
+    disk_free_bytes,
+    list_checkpoints,
+    plan_retention,
+    prepare_resume,
+    retention_items,
+)
+from stalwart.clock import Clock
+from stalwart.config import CheckpointConfig
+from stalwart.journal import Journal, QuarantineRecord
+
+logger = logging.getLogger(__name__)
+
+
+class JournalVerifyCache:
+    """Verification verdicts by (name, mtime, size) in the journal: a restart does not re-hash."""
+
+    def __init__(self, journal: Journal, root: Path) -> None:
+        self._journal = journal
+        self._root = str(root)
+
+    def get(self, key: CacheKey) -> bool | None:
+        return self._journal.cached_verdict(self._root, key.name, key.mtime_ns, key.size_bytes)
+
+    def put(self, key: CacheKey, intact: bool) -> None:
+        self._journal.cache_verdict(self._root, key.name, key.mtime_ns, key.size_bytes, intact)
+
+
+@dataclass(frozen=True)
+class RetentionDone:
+    """Posted to the loop by the background retention job."""
+
+    plan: RetentionPlan | None
+    deleted: tuple[Path, ...]
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class AdoptionDone:
+    name: str
+    ok: bool
+    detail: str
+
+
+class CheckpointKeeper:
+    def __init__(
+        self,
+        config: CheckpointConfig,
+        root: Path,
+        journal: Journal,
+        run_id: str,
+        clock: Clock,
+    ) -> None:
+        self.config = config
+        self.root = root
+        self._journal = journal
+        self._run_id = run_id
+        self._clock = clock
+        self.lock = threading.Lock()
+        self._observer: CheckpointObserver | None = None
+
+    def prepare_resume(self) -> ResumeDecision:
+        """The newest intact checkpoint; newer broken ones are quarantined and journaled."""
+        with self.lock:
+            decision = prepare_resume(
+                self.root,
+                cache=JournalVerifyCache(self._journal, self.root),
+                foreign_globs=self.config.foreign_globs,
+            )
+        for moved in decision.quarantined:
+            logger.warning(
+                "quarantined checkpoint %s (%s: %s) -> %s",
+                moved.name,
+                moved.reason.value,
+                moved.detail,
+                moved.destination,
+            )
+            self._journal.add_quarantine(
+                QuarantineRecord(
+                    run_id=self._run_id,
+                    name=moved.name,
+                    source=str(moved.source),
+                    destination=str(moved.destination),
+                    reason=moved.reason.value,
+                    detail=moved.detail,
+                    at_unix=self._clock.wall(),
+                )
+            )
+        return decision
+
+    # observation (the observer calls `post` from its own thread)
+
+    def start_observer(self, post: Callable[[object], None]) -> None:
+        if not self.config.observe:
+            return
+        self._observer = CheckpointObserver(
+            self.root,
+            post,
+            foreign_globs=self.config.foreign_globs,
+            quiescence_s=self.config.quiescence_s,
+        )
+        self._observer.start()
+
+    def stop_observer(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer = None
+
+    # background jobs: each opens its own journal connection (SQLite objects stay in
+    # the thread that made them) and holds the lock while it touches the directory.
+
+    def retain(self, journal_path: Path, expected_save_bytes: int | None) -> RetentionDone:
+        """One retention pass; never raises (the loop waits for its answer)."""
+        try:
+            return self._retain(journal_path, expected_save_bytes)
+        except Exception as exc:
+            logger.exception("retention pass failed")
+            return RetentionDone(None, (), f"{type(exc).__name__}: {exc}")
+
+    def _retain(self, journal_path: Path, expected_save_bytes: int | None) -> RetentionDone:
+        policy = RetentionPolicy(
+            keep_last=self.config.keep_last,
+            keep_every_steps=self.config.keep_every_steps,
+            min_free_bytes=self.config.min_free_bytes,
+        )
+        with Journal(journal_path) as journal, self.lock:
+            infos = list_checkpoints(
+                self.root,
+                full=True,
+                cache=JournalVerifyCache(journal, self.root),
+                foreign_globs=self.config.foreign_globs,
+            )
+            plan = plan_retention(
+                retention_items(infos, pinned=self.config.pinned),
+                policy,
+                free_bytes=disk_free_bytes(self.root) if self.config.min_free_bytes else None,
+                expected_save_bytes=expected_save_bytes,
+            )
+            deleted = tuple(apply_retention(self.root, plan)) if plan.delete else ()
+        return RetentionDone(plan, deleted)
+
+    def adopt(self, event: WriteObserved, run_id: str, attempt: int) -> AdoptionDone:
+        with self.lock:
+            try:
+                adopted = adopt(
+                    event.path, run_id=run_id, attempt=attempt, hash_algo=HashAlgo.XXH3_128
+                )
+            except Exception as exc:  # NotStable, CheckpointInvalid, OSError: report, never crash
+                return AdoptionDone(event.name, False, str(exc))
+        return AdoptionDone(event.name, True, f"manifest written: {adopted.manifest_path}")
+
+
+def newest_intact_size(root: Path, foreign_globs: list[str]) -> int | None:
+    """Size of the newest checkpoint by a quick look (the next save is about as big)."""
+    for info in list_checkpoints(root, full=False, foreign_globs=foreign_globs):
+        if info.state is CheckpointState.INTACT and info.size_bytes:
+            return info.size_bytes
+    return None
