@@ -131,3 +131,89 @@ def test_foreign_checkpoints_are_observed_measured_and_adopted(
     assert all(c.stall_s is not None and c.size_bytes for c in observed)
     manifest = json.loads((tmp_path / "ck" / "model-1.pt.MANIFEST.json").read_text())
     assert manifest["format"] == 1
+
+
+def test_poison_checkpoint_is_rolled_back_and_training_completes(
+    tmp_path: Path, runtime_dir: Path
+) -> None:
+    record = tmp_path / "a.jsonl"
+    result = _run(
+        tmp_path,
+        runtime_dir,
+        ["--set", "restart.poison_after_failures=2"],
+        [
+            str(TRAINERS / "storer.py"),
+            "--record",
+            str(record),
+            "--saves",
+            "10",
+            "--poison-step",
+            "3",
+            "--total",
+            "6",
+        ],
+    )
+    assert result.returncode == 0, result.stderr
+    resumes = [Path(r["resume_from"]).name if r["resume_from"] else "" for r in records(record)]
+    # attempt 0 wrote step 3 as poison; two failures resuming from it; then back to step 2
+    assert resumes == ["", "step-000000003", "step-000000003", "step-000000002"]
+    assert "checkpoint step-000000003 is poison" in result.stderr
+    with Journal(tmp_path / "state" / "journal.sqlite") as journal:
+        (moved,) = journal.quarantines()
+        assert (moved.name, moved.reason) == ("step-000000003", "poison")
+        assert "rolled back from poison checkpoint step-000000003" in (
+            journal.attempts()[2].decision or ""
+        )
+    assert (tmp_path / "ck" / ".quarantine" / "step-000000003-poison").is_dir()
+
+
+def test_rollbacks_exhausted_gives_up_naming_the_checkpoints(
+    tmp_path: Path, runtime_dir: Path
+) -> None:
+    record = tmp_path / "a.jsonl"
+    result = _run(
+        tmp_path,
+        runtime_dir,
+        ["--set", "restart.poison_after_failures=1", "--set", "restart.max_rollbacks=0"],
+        [
+            str(TRAINERS / "storer.py"),
+            "--record",
+            str(record),
+            "--saves",
+            "10",
+            "--poison-step",
+            "3",
+        ],
+    )
+    assert result.returncode == 3
+    assert "checkpoints tried: step-000000003" in result.stderr
+
+
+CHAOS = "import time; time.sleep(4)"
+
+
+def test_chaos_kills_are_injected_and_spend_no_budget(tmp_path: Path, runtime_dir: Path) -> None:
+    result = _run(
+        tmp_path,
+        runtime_dir,
+        [
+            "--chaos",
+            "--max-restarts",
+            "0",
+            "--set",
+            "chaos.kill_after_min_s=0.3",
+            "--set",
+            "chaos.kill_after_max_s=0.6",
+            "--set",
+            "chaos.max_kills=3",
+            "--set",
+            "chaos.seed=7",
+        ],
+        ["-c", CHAOS],
+    )
+    assert result.returncode == 0, result.stderr
+    with Journal(tmp_path / "state" / "journal.sqlite") as journal:
+        attempts = journal.attempts()
+    assert [a.kind for a in attempts] == ["UNKNOWN"] * 3 + ["COMPLETED"]
+    assert all("injected by chaos" in (a.reason or "") for a in attempts[:3])
+    assert result.stderr.count("chaos: sending SIGKILL") == 3

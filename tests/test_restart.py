@@ -10,7 +10,15 @@ from hypothesis import strategies as st
 
 from stalwart.clock import FakeClock
 from stalwart.config import RestartConfig
-from stalwart.restart import Action, IllegalTransition, RestartPolicy, State, StateMachine
+from stalwart.restart import (
+    Action,
+    IllegalTransition,
+    PoisonTracker,
+    PoisonVerdict,
+    RestartPolicy,
+    State,
+    StateMachine,
+)
 from stalwart.types import Classification, ExitKind
 
 CRASH = Classification(ExitKind.UNKNOWN, True, "exit code 1")
@@ -148,3 +156,56 @@ def test_state_machine_checks_and_logs_transitions(caplog: pytest.LogCaptureFixt
         machine.to(State.STARTING, "after the end")
     assert "job: STOPPING -> EXITED (stopped)" in caplog.text
     assert len(machine.history) == 6
+
+
+def test_poison_rollback_after_repeated_failures_from_the_same_checkpoint() -> None:
+    poison = PoisonTracker(failures_to_poison=3, max_rollbacks=1)
+    crash = ExitKind.UNKNOWN
+    assert poison.on_attempt_end("step-3", False, crash) == PoisonVerdict()
+    assert poison.on_attempt_end("step-3", False, crash) == PoisonVerdict()
+    assert poison.on_attempt_end("step-3", False, crash) == PoisonVerdict(rollback="step-3")
+    # progress (a newer checkpoint) or a preemption resets the streak
+    poison.on_attempt_end("step-2", False, crash)
+    poison.on_attempt_end("step-2", True, crash)
+    poison.on_attempt_end("step-2", False, ExitKind.PREEMPTED)
+    assert poison.on_attempt_end("step-2", False, crash) == PoisonVerdict()
+    poison.on_attempt_end("step-2", False, crash)
+    verdict = poison.on_attempt_end("step-2", False, crash)
+    assert verdict.rollback is None and verdict.give_up is not None
+    assert "step-3, step-2" in verdict.give_up
+
+
+def test_unreadable_checkpoint_is_poison_at_once() -> None:
+    poison = PoisonTracker(failures_to_poison=3, max_rollbacks=2)
+    verdict = poison.on_attempt_end("step-9", False, ExitKind.CHECKPOINT_CORRUPT)
+    assert verdict.rollback == "step-9"
+    assert poison.on_attempt_end(None, False, ExitKind.CHECKPOINT_CORRUPT) == PoisonVerdict()
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([None, "a", "b", "c"]),
+            st.booleans(),
+            st.sampled_from(list(ExitKind)),
+        ),
+        max_size=80,
+    ),
+    st.integers(1, 4),
+    st.integers(0, 3),
+)
+def test_poison_invariants(
+    events: list[tuple[str | None, bool, ExitKind]], threshold: int, max_rollbacks: int
+) -> None:
+    poison = PoisonTracker(threshold, max_rollbacks)
+    rolled: list[str] = []
+    for resumed, produced, kind in events:
+        verdict = poison.on_attempt_end(resumed, produced, kind)
+        if verdict.rollback is not None:
+            assert verdict.rollback == resumed
+            assert verdict.rollback not in rolled  # at most once per checkpoint
+            rolled.append(verdict.rollback)
+        if produced or kind in (ExitKind.PREEMPTED, ExitKind.STOPPED, ExitKind.COMPLETED):
+            assert verdict == PoisonVerdict()
+    assert len(rolled) <= max_rollbacks
+    assert rolled == poison.rolled_back

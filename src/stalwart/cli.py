@@ -105,6 +105,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--stop-signal", help="signal asking the trainer to stop (default SIGTERM)")
     run.add_argument("--no-prefix", action="store_true", help="pass trainer output unprefixed")
     run.add_argument(
+        "--chaos",
+        action="store_true",
+        help="rehearse recovery: kill the trainer at random moments (tune with --set chaos.*)",
+    )
+    run.add_argument(
         "--set",
         action="append",
         default=[],
@@ -169,6 +174,7 @@ def _run_options(args: argparse.Namespace) -> dict[str, Any]:
         "stop.grace_s": args.grace_s,
         "stop.signal": args.stop_signal,
         "output.prefix": False if args.no_prefix else None,
+        "chaos.enabled": True if args.chaos else None,
     }
 
 

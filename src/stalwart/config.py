@@ -52,6 +52,11 @@ class RestartConfig(_Section):
     """An attempt that ran this long resets the backoff to its initial value."""
     started_after_s: NonNegativeS = 5.0
     """An attempt alive this long counts as started (STARTING -> RUNNING)."""
+    poison_after_failures: int = Field(default=3, ge=1)
+    """Failures in a row after resuming from the same checkpoint, with no newer checkpoint
+    written, that mark it as poison: it is quarantined and the previous one is used."""
+    max_rollbacks: int = Field(default=2, ge=0)
+    """Poison rollbacks allowed per run; one more poison checkpoint gives up (exit 3)."""
 
     @model_validator(mode="after")
     def _cap_covers_initial(self) -> RestartConfig:
@@ -188,6 +193,37 @@ class MonitorConfig(_Section):
     their times exact); bounds the supervisor's CPU when a trainer heartbeats very often."""
 
 
+class ChaosConfig(_Section):
+    """Fault injection, to rehearse recovery on your own job (`stalwart run --chaos`)."""
+
+    enabled: bool = False
+    """Kill the trainer at random moments."""
+    kill_after_min_s: NonNegativeS = 5.0
+    """Earliest moment of a kill, in seconds after the attempt started."""
+    kill_after_max_s: NonNegativeS = 60.0
+    """Latest moment of a kill; each attempt draws uniformly in between."""
+    max_kills: int = Field(default=10, ge=0)
+    """Injected kills per supervisor run; after that the job runs undisturbed."""
+    signal: str = "SIGKILL"
+    """Signal sent to the trainer's process group."""
+    seed: int | None = None
+    """Random seed, for a reproducible rehearsal."""
+
+    @field_validator("signal")
+    @classmethod
+    def _known_signal(cls, value: str) -> str:
+        name = value.upper() if value.upper().startswith("SIG") else "SIG" + value.upper()
+        if name not in signals.Signals.__members__:
+            raise ValueError(f"unknown signal {value!r}")
+        return name
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ChaosConfig:
+        if self.kill_after_max_s < self.kill_after_min_s:
+            raise ValueError("kill_after_max_s must be >= kill_after_min_s")
+        return self
+
+
 class JobConfig(_Section):
     """One supervised training job."""
 
@@ -209,6 +245,7 @@ class JobConfig(_Section):
     hang: HangConfig = HangConfig()
     monitor: MonitorConfig = MonitorConfig()
     preemption: PreemptionConfig = PreemptionConfig()
+    chaos: ChaosConfig = ChaosConfig()
 
     @field_validator("name")
     @classmethod

@@ -20,6 +20,8 @@ from stalwart.checkpoint import (
     CheckpointObserver,
     CheckpointState,
     HashAlgo,
+    Quarantined,
+    QuarantineReason,
     ResumeDecision,
     RetentionPlan,
     RetentionPolicy,
@@ -30,6 +32,7 @@ from stalwart.checkpoint import (
     list_checkpoints,
     plan_retention,
     prepare_resume,
+    quarantine,
     retention_items,
 )
 from stalwart.clock import Clock
@@ -102,18 +105,28 @@ class CheckpointKeeper:
                 moved.detail,
                 moved.destination,
             )
-            self._journal.add_quarantine(
-                QuarantineRecord(
-                    run_id=self._run_id,
-                    name=moved.name,
-                    source=str(moved.source),
-                    destination=str(moved.destination),
-                    reason=moved.reason.value,
-                    detail=moved.detail,
-                    at_unix=self._clock.wall(),
-                )
-            )
+            self._record(moved)
         return decision
+
+    def _record(self, moved: Quarantined) -> None:
+        self._journal.add_quarantine(
+            QuarantineRecord(
+                run_id=self._run_id,
+                name=moved.name,
+                source=str(moved.source),
+                destination=str(moved.destination),
+                reason=moved.reason.value,
+                detail=moved.detail,
+                at_unix=self._clock.wall(),
+            )
+        )
+
+    def quarantine(self, name: str, reason: QuarantineReason, detail: str) -> Path:
+        """Move a checkpoint aside (never deleted) and journal it."""
+        with self.lock:
+            moved = quarantine(self.root, name, reason, detail=detail)
+        self._record(moved)
+        return moved.destination
 
     # observation (the observer calls `post` from its own thread)
 

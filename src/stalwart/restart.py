@@ -69,8 +69,13 @@ class RestartPolicy:
             return ceiling_s / 2 + self._rng.uniform(0, ceiling_s / 2)
         return self._rng.uniform(0, ceiling_s)
 
-    def on_exit(self, now_s: float, verdict: Classification, uptime_s: float) -> Decision:
-        """The decision after an attempt that ended at `now_s` having run `uptime_s`."""
+    def on_exit(
+        self, now_s: float, verdict: Classification, uptime_s: float, *, spend_budget: bool = True
+    ) -> Decision:
+        """The decision after an attempt that ended at `now_s` having run `uptime_s`.
+
+        `spend_budget=False` for failures that say nothing about the job (injected ones).
+        """
         cfg = self._config
         if not verdict.kind.is_failure:
             return Decision(Action.FINISH, 0.0, verdict.reason)
@@ -81,11 +86,12 @@ class RestartPolicy:
                 Action.GIVE_UP, 0.0, f"{verdict.kind.value} is not retryable: {verdict.reason}"
             )
         self._consecutive += 1
-        if verdict.kind is ExitKind.PREEMPTED:
-            # The machine went away under the job; that says nothing about the job.
+        if verdict.kind is ExitKind.PREEMPTED or not spend_budget:
+            # The machine went away under the job (or a fault was injected): nothing about the job.
             ceiling = cfg.backoff_initial_s
+            why = "preempted" if verdict.kind is ExitKind.PREEMPTED else "injected"
             return Decision(
-                Action.RESTART, self._jitter(ceiling), "preempted; no budget spent", ceiling
+                Action.RESTART, self._jitter(ceiling), f"{why}; no budget spent", ceiling
             )
         self._failures_s.append(now_s)
         while self._failures_s and self._failures_s[0] <= now_s - cfg.window_s:
@@ -153,3 +159,56 @@ class StateMachine:
         logger.info("%s: %s -> %s (%s)", self._name, self.state.value, new.value, reason)
         self.history.append((self.state, new, reason))
         self.state = new
+
+
+@dataclass(frozen=True)
+class PoisonVerdict:
+    """What the crash-loop rule says after an attempt."""
+
+    rollback: str | None = None
+    """Quarantine this checkpoint (reason `poison`) and resume from the one before it."""
+    give_up: str | None = None
+    """Stop relaunching, with this reason (rollbacks exhausted)."""
+
+
+NOT_POISON_KINDS = frozenset({ExitKind.PREEMPTED, ExitKind.STOPPED, ExitKind.COMPLETED})
+"""Ends that say nothing about the checkpoint the attempt resumed from."""
+
+
+class PoisonTracker:
+    """Crash-loop rollback: repeated failures after resuming from the same checkpoint,
+    with no newer checkpoint in between, mark that checkpoint as poison.
+
+    A checkpoint that loads but makes the trainer crash every time (NaN weights, a bug
+    triggered by restored state) would otherwise trap the job until the budget is spent.
+    Each checkpoint is rolled back at most once, and at most `max_rollbacks` per run.
+    """
+
+    def __init__(self, failures_to_poison: int, max_rollbacks: int) -> None:
+        self._threshold = failures_to_poison
+        self._max_rollbacks = max_rollbacks
+        self._suspect: str | None = None
+        self._count = 0
+        self.rolled_back: list[str] = []
+
+    def on_attempt_end(
+        self, resumed_from: str | None, produced_checkpoint: bool, kind: ExitKind
+    ) -> PoisonVerdict:
+        if produced_checkpoint or kind in NOT_POISON_KINDS or resumed_from is None:
+            self._suspect, self._count = None, 0
+            return PoisonVerdict()
+        if resumed_from != self._suspect:
+            self._suspect, self._count = resumed_from, 0
+        # A trainer that says its checkpoint is unreadable needs no second opinion.
+        self._count = self._threshold if kind is ExitKind.CHECKPOINT_CORRUPT else self._count + 1
+        if self._count < self._threshold:
+            return PoisonVerdict()
+        self._suspect, self._count = None, 0
+        if resumed_from in self.rolled_back or len(self.rolled_back) >= self._max_rollbacks:
+            tried = ", ".join([*self.rolled_back, resumed_from])
+            return PoisonVerdict(
+                give_up=f"every attempt fails after resuming, checkpoints tried: {tried}; "
+                f"rollbacks exhausted ({len(self.rolled_back)} of {self._max_rollbacks})"
+            )
+        self.rolled_back.append(resumed_from)
+        return PoisonVerdict(rollback=resumed_from)

@@ -9,6 +9,7 @@ only record the signal; this loop acts on it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -27,7 +28,7 @@ from typing import BinaryIO
 
 from stalwart import paths, process, status_view
 from stalwart.advice import AdviceBoard
-from stalwart.checkpoint import FormatStatus, WriteKind, WriteObserved
+from stalwart.checkpoint import FormatStatus, QuarantineReason, WriteKind, WriteObserved
 from stalwart.classify import ExitContext, classify, compile_rules
 from stalwart.clock import Clock, SystemClock
 from stalwart.config import JobConfig
@@ -48,7 +49,14 @@ from stalwart.preemption import (
     sigterm_meaning,
 )
 from stalwart.resources import ResourceSampler, memory_at_limit, oom_killed_since
-from stalwart.restart import Action, Decision, RestartPolicy, State, StateMachine
+from stalwart.restart import (
+    Action,
+    Decision,
+    PoisonTracker,
+    RestartPolicy,
+    State,
+    StateMachine,
+)
 from stalwart.scheduling import Scheduler
 from stalwart.sdnotify import SystemdNotifier
 from stalwart.trainer import Trainer, catches_signal
@@ -101,6 +109,11 @@ class Supervisor:
         self.keeper: CheckpointKeeper | None = None
         self._retention_running = False
         self._retention_again = False
+        self.poison = PoisonTracker(
+            config.restart.poison_after_failures, config.restart.max_rollbacks
+        )
+        self._chaos_rng = random.Random(config.chaos.seed)
+        self._chaos_kills = 0
         # set in run()
         self.journal: Journal | None = None
         self.run_record: RunRecord | None = None
@@ -180,6 +193,7 @@ class Supervisor:
         self.keeper = CheckpointKeeper(
             self.config.checkpoint, self.ckpt_dir, self.journal, self.run_record.run_id, self.clock
         )
+        self._replay_poison_history()
         self.advice.publish_to(runtime / "advice.json")
         try:
             self._notify = NotifySocket(runtime / "notify.sock")
@@ -312,7 +326,7 @@ class Supervisor:
         attempt = self.attempt
         if attempt is not None:
             deadlines.append(self._sample_at_s)
-            for deadline in (attempt.kill_at_s, attempt.abandon_at_s):
+            for deadline in (attempt.kill_at_s, attempt.abandon_at_s, attempt.chaos_at_s):
                 if deadline is not None:
                     deadlines.append(deadline)
             if not attempt.hang_killed and self.machine.state is not State.STOPPING:
@@ -358,6 +372,20 @@ class Supervisor:
         attempt = self.attempt
         if attempt is None:
             return
+        if attempt.chaos_at_s is not None and now >= attempt.chaos_at_s:
+            attempt.chaos_at_s = None
+            if self.machine.state is not State.STOPPING:
+                self._chaos_kills += 1
+                logger.warning(
+                    "%s: chaos: sending %s to trainer pid %d (injected fault %d of at most %d)",
+                    self.config.name,
+                    self.config.chaos.signal,
+                    attempt.pid,
+                    self._chaos_kills,
+                    self.config.chaos.max_kills,
+                )
+                attempt.chaos_killed = True
+                process.signal_group(attempt.pid, signal.Signals[self.config.chaos.signal])
         if now >= self._sample_at_s:
             self._sample_at_s = now + self.config.monitor.sample_interval_s
             attempt.record_sample(self._sampler.sample(attempt.pid))
@@ -405,7 +433,7 @@ class Supervisor:
             )
             if self._stop_requests:
                 verdict = Classification(ExitKind.STOPPED, False, verdict.reason)
-            self._conclude(attempt.number, None, verdict, attempt.uptime_s())
+            self._conclude(attempt.number, None, verdict, attempt.uptime_s(), attempt)
 
     def _on_hang(self, attempt: Trainer, now_s: float) -> None:
         silence = attempt.hang.silence_s(now_s) or 0.0
@@ -543,6 +571,48 @@ class Supervisor:
 
     # checkpoints
 
+    def _replay_poison_history(self) -> None:
+        """After a supervisor restart: the crash-loop streak continues where it was."""
+        assert self.journal is not None
+        assert self.run_record is not None
+        run_id = self.run_record.run_id
+        produced = {
+            c.attempt for c in self.journal.checkpoints(self.config.name) if c.run_id == run_id
+        }
+        for past in self.journal.attempts(run_id):
+            if past.kind is None:
+                continue
+            resumed = Path(past.resume_from).name if past.resume_from else None
+            self.poison.on_attempt_end(resumed, past.attempt in produced, ExitKind(past.kind))
+
+    def _poison_rule(
+        self, attempt: Trainer, verdict: Classification, decision: Decision
+    ) -> Decision:
+        """Crash-loop rollback: quarantine a checkpoint that every resume dies on."""
+        resumed = Path(attempt.resume_from).name if attempt.resume_from else None
+        poison = self.poison.on_attempt_end(resumed, attempt.produced_checkpoint, verdict.kind)
+        if poison.give_up is not None:
+            return Decision(Action.GIVE_UP, 0.0, poison.give_up)
+        if poison.rollback is None or self.keeper is None:
+            return decision
+        moved = self.keeper.quarantine(
+            poison.rollback,
+            QuarantineReason.POISON,
+            f"{self.config.restart.poison_after_failures} failures in a row after resuming "
+            f"from it, no newer checkpoint; last: {verdict.reason}",
+        )
+        logger.error(
+            "%s: checkpoint %s is poison: every attempt resuming from it failed; "
+            "quarantined as %s, rolling back to the previous intact checkpoint",
+            self.config.name,
+            poison.rollback,
+            moved,
+        )
+        return dataclasses.replace(
+            decision,
+            reason=f"rolled back from poison checkpoint {poison.rollback}; {decision.reason}",
+        )
+
     def _after_save(self, size_bytes: int | None) -> None:
         """A new checkpoint exists: prune old ones in the background, one pass at a time."""
         keeper = self.keeper
@@ -586,6 +656,8 @@ class Supervisor:
                 running_exposure_s=attempt.uptime_s(),
             )
             self.advice.set_interval(decision.interval_s)
+        if valid or not foreign:
+            attempt.produced_checkpoint = True
         if foreign and valid and self.config.checkpoint.adopt_foreign:
             run_id, number = self.run_record.run_id if self.run_record else "", attempt.number
             self._scheduler.submit(
@@ -784,6 +856,11 @@ class Supervisor:
         else:
             self._systemd.status(self._status_line())
         self._sample_at_s = now_s  # a baseline sample right away (OOM evidence needs one)
+        chaos = self.config.chaos
+        if chaos.enabled and self._chaos_kills < chaos.max_kills:
+            attempt.chaos_at_s = now_s + self._chaos_rng.uniform(
+                chaos.kill_after_min_s, chaos.kill_after_max_s
+            )
 
     # trainer events
 
@@ -875,6 +952,7 @@ class Supervisor:
         )
         attempt.ckpt_step = None
         attempt.reported_saves = True
+        attempt.produced_checkpoint = True
         self.advice.set_interval(decision.interval_s)
         self._after_save(size if isinstance(size, int) else None)
 
@@ -932,10 +1010,19 @@ class Supervisor:
             last_step=attempt.hang.last_step,
             peak_rss_bytes=attempt.peak_rss_bytes or None,
         )
-        self._conclude(attempt.number, status, verdict, uptime_s)
+        if attempt.chaos_killed and verdict.kind.is_failure:
+            verdict = Classification(
+                verdict.kind, True, f"injected by chaos ({status.describe()}); spends no budget"
+            )
+        self._conclude(attempt.number, status, verdict, uptime_s, attempt)
 
     def _conclude(
-        self, number: int, status: ExitStatus | None, verdict: Classification, uptime_s: float
+        self,
+        number: int,
+        status: ExitStatus | None,
+        verdict: Classification,
+        uptime_s: float,
+        attempt: Trainer | None = None,
     ) -> None:
         """Record the attempt's end and act on the restart policy's decision."""
         assert self.journal is not None
@@ -946,7 +1033,14 @@ class Supervisor:
         ):
             decision = Decision(Action.FINISH, 0.0, verdict.reason)
         else:
-            decision = self.policy.on_exit(self.clock.monotonic(), verdict, uptime_s)
+            decision = self.policy.on_exit(
+                self.clock.monotonic(),
+                verdict,
+                uptime_s,
+                spend_budget=not (attempt is not None and attempt.chaos_killed),
+            )
+            if decision.action is not Action.FINISH and attempt is not None:
+                decision = self._poison_rule(attempt, verdict, decision)
         described = status.describe() if status else "did not start"
         if self.pacer is not None:
             self.advice.set_interval(self.pacer.on_attempt_end(uptime_s, verdict.kind).interval_s)

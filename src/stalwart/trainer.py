@@ -113,6 +113,10 @@ class Trainer:
         self.done_reported = False
         self.ready_s: float | None = None
         """Launch to first step heartbeat, once seen."""
+        self.produced_checkpoint = False
+        """A checkpoint was written during this attempt (the crash-loop rule needs it)."""
+        self.chaos_at_s: float | None = None
+        self.chaos_killed = False
         self.reported_saves = False
         """The trainer reports its saves (CKPT_*): the directory watcher's view is not needed."""
         self.ckpt_step: int | None = None
