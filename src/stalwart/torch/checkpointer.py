@@ -1,0 +1,483 @@
+"""Checkpointer: the complete training state, saved asynchronously when the supervisor
+advises, restored bitwise.
+
+    ckpt = Checkpointer(model, optimizer, scheduler, data=sampler)
+    with ckpt:
+        step = ckpt.restore()              # STALWART_RESUME_FROM, or the newest intact one
+        while step < total_steps:
+            train_one_batch()
+            step += 1
+            if ckpt.step_end(step):        # heartbeat; save when due; True: saved, now exit
+                break
+
+A save snapshots the state to CPU memory (the only time training waits), then writes and
+commits it through the checkpoint store in a background thread. At most one save is in
+flight. The background thread's failure is raised at the next Checkpointer call.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import torch
+from stalwart.checkpoint import (
+    CheckpointStore,
+    Committed,
+    Transaction,
+    VerifyLevel,
+    prepare_resume,
+    verify_checkpoint,
+)
+from stalwart.client import Client
+from stalwart.torch import rng
+from stalwart.torch.background import Background
+from stalwart.torch.errors import StateMismatch
+from stalwart.torch.files import (
+    FORMAT,
+    FORMAT_NAME,
+    LoadedCheckpoint,
+    SavePlan,
+    read_checkpoint,
+    write_checkpoint,
+)
+from stalwart.torch.signals import SignalRequests
+from stalwart.torch.tree import SnapshotBuffers, flatten, for_direct_write
+
+logger = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class Stateful(Protocol):
+    """Anything whose state round-trips through a state dict (optimizers, schedulers, ...)."""
+
+    def state_dict(self) -> Any: ...
+
+    def load_state_dict(self, state_dict: Any, /) -> Any: ...
+
+
+class Busy(enum.Enum):
+    """What a save requested while the previous one is still being written does."""
+
+    WAIT = "wait"
+    """Block until the previous save is durable, then snapshot (the wait counts as stall)."""
+    SKIP = "skip"
+    """Skip this save and log it."""
+
+
+@dataclass(frozen=True)
+class SaveOutcome:
+    """A save that became durable, with what it cost."""
+
+    step: int
+    committed: Committed
+    stall_s: float
+    """Time the training loop was blocked by this save."""
+    persist_s: float
+    """From the request until the checkpoint was durable."""
+
+    @property
+    def path(self) -> Path:
+        return self.committed.path
+
+    @property
+    def size_bytes(self) -> int:
+        return self.committed.manifest.total_bytes
+
+
+def _resolve_store(
+    store: CheckpointStore | None, ckpt_dir: str | os.PathLike[str] | None, env: Mapping[str, str]
+) -> CheckpointStore:
+    if store is not None:
+        return store
+    if env.get("STALWART_CKPT_DIR"):
+        resolved = CheckpointStore.from_env(env)
+        if ckpt_dir is not None and Path(ckpt_dir).resolve() != resolved.root.resolve():
+            logger.warning(
+                "checkpointing to %s (STALWART_CKPT_DIR, set by the supervisor), not %s",
+                resolved.root,
+                ckpt_dir,
+            )
+        return resolved
+    if ckpt_dir is None:
+        raise ValueError(
+            "no checkpoint directory: pass ckpt_dir= (or store=), or run under `stalwart run`"
+        )
+    return CheckpointStore(Path(ckpt_dir))
+
+
+class Checkpointer:
+    """Saves and restores model, optimizer, scheduler, GradScaler, data position, RNGs.
+
+    Under `stalwart run` it checkpoints into STALWART_CKPT_DIR at the interval the
+    supervisor advises, resumes from STALWART_RESUME_FROM and reports every save's costs.
+    Standalone it checkpoints into `ckpt_dir` every `interval_s` and resumes from the newest
+    intact checkpoint there.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: Stateful | None = None,
+        scheduler: Stateful | None = None,
+        scaler: Stateful | None = None,
+        data: Stateful | None = None,
+        *,
+        extra: Mapping[str, Stateful] | None = None,
+        store: CheckpointStore | None = None,
+        client: Client | None = None,
+        ckpt_dir: str | os.PathLike[str] | None = None,
+        async_save: bool = True,
+        busy: Busy | Literal["wait", "skip"] = Busy.WAIT,
+        interval_s: float | None = None,
+        save_signals: Iterable[int] = (signal.SIGUSR1,),
+        exit_signals: Iterable[int] = (signal.SIGTERM,),
+        map_location: str | torch.device = "cpu",
+        strict: bool = True,
+        environ: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """
+        model, optimizer, scheduler, scaler, data: what is saved; any but the model may be
+            None. `data` is the data position (e.g. a ResumableSampler).
+        extra: more objects with state_dict()/load_state_dict(), by name.
+        store, ckpt_dir: where to save; default the supervisor's STALWART_CKPT_DIR, else
+            `ckpt_dir`.
+        client: the supervisor client (heartbeats, advice, reports); default a new one.
+        async_save: snapshot to CPU memory and write in the background (False: write while
+            training waits).
+        busy: a save asked for while the previous one is still being written waits for it
+            ("wait") or is skipped ("skip"). An interval save is never requested meanwhile.
+        interval_s: standalone only, save this often (default the client's 1800 s); under
+            the supervisor its advice decides.
+        save_signals: signals that ask for a checkpoint at the next step (SIGUSR1).
+        exit_signals: signals that ask for a save and a clean exit (SIGTERM).
+        map_location: where restored tensors are loaded first; they then go to the device
+            of the parameter they are loaded into.
+        strict: restore refuses model keys missing from, or unexpected in, the checkpoint.
+        """
+        env = os.environ if environ is None else environ
+        self.model = model
+        self.components: dict[str, Stateful] = {}
+        for name, component in (
+            ("optimizer", optimizer),
+            ("scheduler", scheduler),
+            ("scaler", scaler),
+            ("data", data),
+        ):
+            if component is not None:
+                self.components[name] = component
+        for name, component in (extra or {}).items():
+            if name in self.components or name == "rng":
+                raise ValueError(f"extra state {name!r}: the name is taken")
+            self.components[name] = component
+        for name, component in self.components.items():
+            if not isinstance(component, Stateful):
+                raise TypeError(f"{name}: has no state_dict()/load_state_dict()")
+        self.store = _resolve_store(store, ckpt_dir, env)
+        self._owns_client = client is None
+        self.client = client if client is not None else Client(env)
+        self.async_save = async_save
+        self.busy = Busy(busy)
+        self.interval_s = interval_s
+        self.map_location = map_location
+        self.strict = strict
+        self._clock = clock
+        self._signals = SignalRequests(save_signals, exit_signals)
+        self._background: Background[SaveOutcome] = Background("stalwart-checkpoint")
+        self._model_buffers = SnapshotBuffers()
+        self._state_buffers = SnapshotBuffers()
+        self._requested_step: int | None = None
+        self._last_durable_s = clock()
+        self._exiting = False
+        self._closed = False
+        self.last_saved: SaveOutcome | None = None
+        """The newest save that became durable in this process."""
+        self.restored_from: Path | None = None
+        """The checkpoint `restore` loaded, if any."""
+
+    # saving
+
+    @property
+    def should_exit(self) -> bool:
+        """True once a drain or exit signal was served: the state is durable, leave the loop."""
+        return self._exiting
+
+    @property
+    def saving(self) -> bool:
+        """A save is being written in the background."""
+        return self._background.running
+
+    def step_end(self, step: int) -> bool:
+        """Call once per step, after the optimizer step; `step` counts the steps done.
+
+        Heartbeats; raises a background save's failure; saves when the supervisor's advice
+        (interval, `stalwart checkpoint`) or a save signal asks; on drain or an exit signal
+        saves synchronously, waits until durable and returns True: leave the loop and exit 0.
+        """
+        if self._exiting:
+            return True
+        self._collect(wait=False)
+        self.client.step(step)
+        if self._signals.exit_signal is not None or self.client.drain:
+            self._drain(step)
+            return True
+        asked = self._signals.take_save_request()
+        if asked or (not self._background.pending and self._due(step)):
+            self.save(step)
+        return False
+
+    def _due(self, step: int) -> bool:
+        if self.interval_s is not None and not self.client.supervised:
+            return self._clock() - self._last_durable_s >= self.interval_s
+        return self.client.should_checkpoint(step)
+
+    def _drain(self, step: int) -> None:
+        why = (
+            signal.Signals(self._signals.exit_signal).name
+            if self._signals.exit_signal is not None
+            else "drain requested by the supervisor"
+        )
+        logger.info("%s at step %d: saving, then exiting", why, step)
+        self._collect(wait=True)
+        if self._requested_step != step:
+            self.save(step, wait=True)
+        self._exiting = True
+
+    def save(self, step: int, *, wait: bool = False) -> bool:
+        """Save the state as of `step` now; False if skipped (`busy="skip"`, or `step` was
+        saved already). With `wait` (or `async_save=False`) it returns once durable."""
+        started_s = self._clock()
+        self._collect(wait=False)
+        if step == self._requested_step:
+            if wait:
+                self._collect(wait=True)
+            return False
+        if self._background.pending:
+            if self.busy is Busy.SKIP and not wait:
+                logger.info(
+                    "checkpoint of step %d skipped: step %s is still being written",
+                    step,
+                    self._requested_step,
+                )
+                return False
+            self._collect(wait=True)
+        tx = self.store.begin(step, meta={"format": f"{FORMAT_NAME}/{FORMAT}"})
+        in_background = self.async_save and not wait
+        try:
+            plan = self._plan(step, copy=in_background)
+        except BaseException:
+            tx.abort()
+            raise
+        self.client.checkpoint_begin(step)
+        self._requested_step = step
+        if in_background:
+            stall_s = self._clock() - started_s
+            self._background.start(lambda: self._persist(tx, plan, started_s, stall_s))
+        else:
+            self._report(self._persist(tx, plan, started_s, None))
+        return True
+
+    def _plan(self, step: int, *, copy: bool) -> SavePlan:
+        model_flat = flatten(self.model.state_dict())
+        state = {name: obj.state_dict() for name, obj in self.components.items()}
+        state["rng"] = rng.capture()
+        state_flat = flatten(state)
+        events: list[Any] = []
+        if copy:
+            model_tensors, model_events = self._model_buffers.copy(model_flat.tensors)
+            state_tensors, state_events = self._state_buffers.copy(state_flat.tensors)
+            events = model_events + state_events
+        else:
+            model_tensors = for_direct_write(model_flat.tensors)
+            state_tensors = for_direct_write(state_flat.tensors)
+        document = {
+            "format_name": FORMAT_NAME,
+            "format": FORMAT,
+            "step": step,
+            "model": model_flat.skeleton,
+            "state": state_flat.skeleton,
+        }
+
+        def ready() -> None:
+            for event in events:
+                event.synchronize()
+
+        return SavePlan(step, model_tensors, state_tensors, document, ready)
+
+    def _persist(
+        self, tx: Transaction, plan: SavePlan, started_s: float, stall_s: float | None
+    ) -> SaveOutcome:
+        committed = write_checkpoint(tx, plan)
+        persist_s = self._clock() - started_s
+        return SaveOutcome(
+            step=plan.step,
+            committed=committed,
+            stall_s=persist_s if stall_s is None else stall_s,
+            persist_s=persist_s,
+        )
+
+    def _report(self, outcome: SaveOutcome) -> None:
+        self.last_saved = outcome
+        self._last_durable_s = self._clock()
+        self.client.saved(
+            outcome.step,
+            stall_s=outcome.stall_s,
+            persist_s=outcome.persist_s,
+            size_bytes=outcome.size_bytes,
+            path=outcome.path,
+        )
+        logger.info(
+            "checkpoint %s durable: %d bytes, training blocked %.3f s, durable after %.3f s",
+            outcome.committed.name,
+            outcome.size_bytes,
+            outcome.stall_s,
+            outcome.persist_s,
+        )
+
+    def _collect(self, *, wait: bool) -> None:
+        outcome = self._background.collect(wait=wait)
+        if outcome is not None:
+            self._report(outcome)
+
+    def wait(self) -> SaveOutcome | None:
+        """Block until the save in flight (if any) is durable; raises its failure."""
+        self._collect(wait=True)
+        return self.last_saved
+
+    # restoring
+
+    def restore(self, path: str | os.PathLike[str] | None = None) -> int:
+        """Load the newest state; returns its step (the steps already done), 0 if none.
+
+        From `path` (verified first), else STALWART_RESUME_FROM, else (standalone) the
+        newest intact checkpoint in the checkpoint directory. Everything is checked against
+        the model and components before anything is loaded.
+        """
+        self._collect(wait=True)
+        source = self._source(path)
+        if source is None:
+            return 0
+        loaded = read_checkpoint(source, map_location=self.map_location)
+        self._check(loaded)
+        self.model.load_state_dict(loaded.model, strict=self.strict)
+        for name, component in self.components.items():
+            component.load_state_dict(loaded.state[name])
+        rng.restore(loaded.state["rng"])
+        self._requested_step = loaded.step
+        self.restored_from = source
+        logger.info("restored step %d from %s", loaded.step, source)
+        return loaded.step
+
+    def _source(self, path: str | os.PathLike[str] | None) -> Path | None:
+        if path is not None:
+            chosen = Path(path)
+            verdict = verify_checkpoint(chosen, VerifyLevel.FULL)
+            if verdict.problem is not None:
+                raise verdict.problem
+            return chosen
+        if self.client.resume_from:
+            return Path(self.client.resume_from)  # verified by the supervisor
+        if self.client.supervised:
+            return None  # the supervisor found nothing to resume from
+        decision = prepare_resume(self.store.root)
+        return decision.resume_from.path if decision.resume_from is not None else None
+
+    def _check(self, loaded: LoadedCheckpoint) -> None:
+        expected = self.model.state_dict()
+        missing = [key for key in expected if key not in loaded.model]
+        unexpected = [key for key in loaded.model if key not in expected]
+        mismatched = []
+        for key, want in expected.items():
+            got = loaded.model.get(key)
+            if (
+                isinstance(want, torch.Tensor)
+                and isinstance(got, torch.Tensor)
+                and got.shape != want.shape
+            ):
+                mismatched.append(
+                    f"{key}: checkpoint {list(got.shape)} vs model {list(want.shape)}"
+                )
+        problems = [
+            f"{name}: not in the checkpoint" for name in self.components if name not in loaded.state
+        ]
+        if "rng" not in loaded.state:
+            problems.append("rng: not in the checkpoint")
+        optimizer = self.components.get("optimizer")
+        saved_optimizer = loaded.state.get("optimizer")
+        if isinstance(optimizer, torch.optim.Optimizer) and isinstance(saved_optimizer, dict):
+            problems.extend(_optimizer_problems(optimizer, saved_optimizer))
+        for name in loaded.state:
+            if name != "rng" and name not in self.components:
+                logger.warning(
+                    "checkpoint %s has %r state; nothing restores it", loaded.path.name, name
+                )
+        if mismatched or problems or (self.strict and (missing or unexpected)):
+            raise StateMismatch(
+                loaded.path.name,
+                missing=missing if self.strict else (),
+                unexpected=unexpected if self.strict else (),
+                mismatched=mismatched,
+                components=problems,
+            )
+
+    # lifetime
+
+    def close(self) -> None:
+        """Wait for the save in flight to be durable (raising its failure), release signals."""
+        if self._closed:
+            return
+        try:
+            self._collect(wait=True)
+        finally:
+            self._closed = True
+            self._signals.close()
+            self._model_buffers.clear()
+            self._state_buffers.clear()
+            if self._owns_client:
+                self.client.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        try:
+            self.close()
+        except Exception:
+            # The loop's own exception is on its way; this one must not hide it.
+            logger.exception("the checkpoint in flight failed as well")
+
+
+def _optimizer_problems(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> list[str]:
+    groups = saved.get("param_groups")
+    if not isinstance(groups, list):
+        return ["optimizer: the saved state has no param_groups"]
+    if len(groups) != len(optimizer.param_groups):
+        return [
+            f"optimizer: {len(groups)} parameter groups saved, {len(optimizer.param_groups)} now"
+        ]
+    problems = []
+    for index, (was, now) in enumerate(zip(groups, optimizer.param_groups, strict=True)):
+        saved_params = was.get("params", []) if isinstance(was, dict) else []
+        if len(saved_params) != len(now["params"]):
+            problems.append(
+                f"optimizer group {index}: {len(saved_params)} parameters saved, "
+                f"{len(now['params'])} now"
+            )
+    return problems
