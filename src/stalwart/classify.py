@@ -61,7 +61,8 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         r"CUDA error|CUBLAS_STATUS|cudaError|CUDNN_STATUS_INTERNAL_ERROR|"
         r"uncorrectable ECC|\bXid\b|device-side assert|"
         r"Connection reset by peer|RendezvousTimeoutError|DistNetworkError|"
-        r"Input/output error|Stale file handle",
+        r"Input/output error|Stale file handle|No space left on device|File too large|"
+        r"Disk quota exceeded|\bDiskFull\b",
         ExitKind.INFRA,
     ),
     _rule(

@@ -67,6 +67,7 @@ logger = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 LOOP_TICK_S = 1.0
 """Upper bound on one wait: deadlines are checked (and children reaped) at least this often."""
+CHAOS_REASON = "injected by chaos"
 RECOMPUTE_INTERVAL = "recompute-interval"
 """Event posted by the scheduler: time to re-decide the checkpoint interval."""
 CLEARED_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
@@ -580,7 +581,7 @@ class Supervisor:
             c.attempt for c in self.journal.checkpoints(self.config.name) if c.run_id == run_id
         }
         for past in self.journal.attempts(run_id):
-            if past.kind is None:
+            if past.kind is None or (past.reason or "").startswith(CHAOS_REASON):
                 continue
             resumed = Path(past.resume_from).name if past.resume_from else None
             self.poison.on_attempt_end(resumed, past.attempt in produced, ExitKind(past.kind))
@@ -589,6 +590,8 @@ class Supervisor:
         self, attempt: Trainer, verdict: Classification, decision: Decision
     ) -> Decision:
         """Crash-loop rollback: quarantine a checkpoint that every resume dies on."""
+        if attempt.chaos_killed:
+            return decision  # an injected kill says nothing about the checkpoint
         resumed = Path(attempt.resume_from).name if attempt.resume_from else None
         poison = self.poison.on_attempt_end(resumed, attempt.produced_checkpoint, verdict.kind)
         if poison.give_up is not None:
@@ -1012,7 +1015,7 @@ class Supervisor:
         )
         if attempt.chaos_killed and verdict.kind.is_failure:
             verdict = Classification(
-                verdict.kind, True, f"injected by chaos ({status.describe()}); spends no budget"
+                verdict.kind, True, f"{CHAOS_REASON} ({status.describe()}); spends no budget"
             )
         self._conclude(attempt.number, status, verdict, uptime_s, attempt)
 

@@ -2,66 +2,252 @@
 formats and observation. See DESIGN.md "Checkpoint on disk" for the on-disk contract.
 """
 
-from stalwart.checkpoint.discovery import (
-    CheckpointInfo,
-    Discovery,
-    MemoryVerifyCache,
-    ResumeDecision,
-    VerifiedBy,
-    VerifyCache,
-    examine,
-    find_newest_intact,
-    list_checkpoints,
-    prepare_resume,
-    remove_leftovers,
-)
-from stalwart.checkpoint.errors import (
-    CheckpointInvalid,
-    CheckpointStoreError,
-    CommitFailed,
-    Defect,
-    DiskFull,
-    NotStable,
-    StepExists,
-)
-from stalwart.checkpoint.formats import (
-    ForeignFormat,
-    FormatLimits,
-    FormatStatus,
-    FormatVerdict,
-    check_foreign,
-)
-from stalwart.checkpoint.fsops import FsOps
-from stalwart.checkpoint.layout import (
-    CheckpointState,
-    EntryKind,
-    QuarantineReason,
-    checkpoint_name,
-    parse_step,
-    scan,
-)
-from stalwart.checkpoint.manifest import FileEntry, HashAlgo, Manifest, parse_manifest
-from stalwart.checkpoint.observe import (
-    Adopted,
-    CheckpointObserver,
-    WriteKind,
-    WriteObserved,
-    WriteTracker,
-    adopt,
-)
-from stalwart.checkpoint.quarantine import Quarantined, quarantine
-from stalwart.checkpoint.retention import (
-    Keep,
-    RetentionItem,
-    RetentionPlan,
-    RetentionPolicy,
-    apply_retention,
-    disk_free_bytes,
-    plan_retention,
-    retention_items,
-)
-from stalwart.checkpoint.store import CheckpointStore, CommitStage, Committed, Transaction
-from stalwart.checkpoint.verify import CacheKey, Verdict, VerifyLevel, verify_checkpoint
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# `quarantine` is both a submodule and a function: importing the submodule would bind the
+# package attribute to the module, so the function is bound here, eagerly (it is light).
+from stalwart.checkpoint.quarantine import quarantine
+
+# Exports load on first use: a trainer that only writes checkpoints (the store) should not
+# pay for importing discovery, retention, the watchdog observer and psutil.
+_EXPORTS: dict[str, str] = {
+    "Adopted": "stalwart.checkpoint.observe",
+    "CacheKey": "stalwart.checkpoint.verify",
+    "CheckpointInfo": "stalwart.checkpoint.discovery",
+    "CheckpointInvalid": "stalwart.checkpoint.errors",
+    "CheckpointObserver": "stalwart.checkpoint.observe",
+    "CheckpointState": "stalwart.checkpoint.layout",
+    "CheckpointStore": "stalwart.checkpoint.store",
+    "CheckpointStoreError": "stalwart.checkpoint.errors",
+    "CommitFailed": "stalwart.checkpoint.errors",
+    "CommitStage": "stalwart.checkpoint.store",
+    "Committed": "stalwart.checkpoint.store",
+    "Defect": "stalwart.checkpoint.errors",
+    "Discovery": "stalwart.checkpoint.discovery",
+    "DiskFull": "stalwart.checkpoint.errors",
+    "EntryKind": "stalwart.checkpoint.layout",
+    "FileEntry": "stalwart.checkpoint.manifest",
+    "ForeignFormat": "stalwart.checkpoint.formats",
+    "FormatLimits": "stalwart.checkpoint.formats",
+    "FormatStatus": "stalwart.checkpoint.formats",
+    "FormatVerdict": "stalwart.checkpoint.formats",
+    "FsOps": "stalwart.checkpoint.fsops",
+    "HashAlgo": "stalwart.checkpoint.manifest",
+    "Keep": "stalwart.checkpoint.retention",
+    "Manifest": "stalwart.checkpoint.manifest",
+    "MemoryVerifyCache": "stalwart.checkpoint.discovery",
+    "NotStable": "stalwart.checkpoint.errors",
+    "QuarantineReason": "stalwart.checkpoint.layout",
+    "Quarantined": "stalwart.checkpoint.quarantine",
+    "ResumeDecision": "stalwart.checkpoint.discovery",
+    "RetentionItem": "stalwart.checkpoint.retention",
+    "RetentionPlan": "stalwart.checkpoint.retention",
+    "RetentionPolicy": "stalwart.checkpoint.retention",
+    "StepExists": "stalwart.checkpoint.errors",
+    "Transaction": "stalwart.checkpoint.store",
+    "Verdict": "stalwart.checkpoint.verify",
+    "VerifiedBy": "stalwart.checkpoint.discovery",
+    "VerifyCache": "stalwart.checkpoint.discovery",
+    "VerifyLevel": "stalwart.checkpoint.verify",
+    "WriteKind": "stalwart.checkpoint.observe",
+    "WriteObserved": "stalwart.checkpoint.observe",
+    "WriteTracker": "stalwart.checkpoint.observe",
+    "adopt": "stalwart.checkpoint.observe",
+    "apply_retention": "stalwart.checkpoint.retention",
+    "check_foreign": "stalwart.checkpoint.formats",
+    "checkpoint_name": "stalwart.checkpoint.layout",
+    "disk_free_bytes": "stalwart.checkpoint.retention",
+    "examine": "stalwart.checkpoint.discovery",
+    "find_newest_intact": "stalwart.checkpoint.discovery",
+    "list_checkpoints": "stalwart.checkpoint.discovery",
+    "parse_manifest": "stalwart.checkpoint.manifest",
+    "parse_step": "stalwart.checkpoint.layout",
+    "plan_retention": "stalwart.checkpoint.retention",
+    "prepare_resume": "stalwart.checkpoint.discovery",
+    "remove_leftovers": "stalwart.checkpoint.discovery",
+    "retention_items": "stalwart.checkpoint.retention",
+    "scan": "stalwart.checkpoint.layout",
+    "verify_checkpoint": "stalwart.checkpoint.verify",
+}
+
+if TYPE_CHECKING:
+    from stalwart.checkpoint.discovery import (
+        CheckpointInfo as CheckpointInfo,
+    )
+    from stalwart.checkpoint.discovery import (
+        Discovery as Discovery,
+    )
+    from stalwart.checkpoint.discovery import (
+        MemoryVerifyCache as MemoryVerifyCache,
+    )
+    from stalwart.checkpoint.discovery import (
+        ResumeDecision as ResumeDecision,
+    )
+    from stalwart.checkpoint.discovery import (
+        VerifiedBy as VerifiedBy,
+    )
+    from stalwart.checkpoint.discovery import (
+        VerifyCache as VerifyCache,
+    )
+    from stalwart.checkpoint.discovery import (
+        examine as examine,
+    )
+    from stalwart.checkpoint.discovery import (
+        find_newest_intact as find_newest_intact,
+    )
+    from stalwart.checkpoint.discovery import (
+        list_checkpoints as list_checkpoints,
+    )
+    from stalwart.checkpoint.discovery import (
+        prepare_resume as prepare_resume,
+    )
+    from stalwart.checkpoint.discovery import (
+        remove_leftovers as remove_leftovers,
+    )
+    from stalwart.checkpoint.errors import (
+        CheckpointInvalid as CheckpointInvalid,
+    )
+    from stalwart.checkpoint.errors import (
+        CheckpointStoreError as CheckpointStoreError,
+    )
+    from stalwart.checkpoint.errors import (
+        CommitFailed as CommitFailed,
+    )
+    from stalwart.checkpoint.errors import (
+        Defect as Defect,
+    )
+    from stalwart.checkpoint.errors import (
+        DiskFull as DiskFull,
+    )
+    from stalwart.checkpoint.errors import (
+        NotStable as NotStable,
+    )
+    from stalwart.checkpoint.errors import (
+        StepExists as StepExists,
+    )
+    from stalwart.checkpoint.formats import (
+        ForeignFormat as ForeignFormat,
+    )
+    from stalwart.checkpoint.formats import (
+        FormatLimits as FormatLimits,
+    )
+    from stalwart.checkpoint.formats import (
+        FormatStatus as FormatStatus,
+    )
+    from stalwart.checkpoint.formats import (
+        FormatVerdict as FormatVerdict,
+    )
+    from stalwart.checkpoint.formats import (
+        check_foreign as check_foreign,
+    )
+    from stalwart.checkpoint.fsops import (
+        FsOps as FsOps,
+    )
+    from stalwart.checkpoint.layout import (
+        CheckpointState as CheckpointState,
+    )
+    from stalwart.checkpoint.layout import (
+        EntryKind as EntryKind,
+    )
+    from stalwart.checkpoint.layout import (
+        QuarantineReason as QuarantineReason,
+    )
+    from stalwart.checkpoint.layout import (
+        checkpoint_name as checkpoint_name,
+    )
+    from stalwart.checkpoint.layout import (
+        parse_step as parse_step,
+    )
+    from stalwart.checkpoint.layout import (
+        scan as scan,
+    )
+    from stalwart.checkpoint.manifest import (
+        FileEntry as FileEntry,
+    )
+    from stalwart.checkpoint.manifest import (
+        HashAlgo as HashAlgo,
+    )
+    from stalwart.checkpoint.manifest import (
+        Manifest as Manifest,
+    )
+    from stalwart.checkpoint.manifest import (
+        parse_manifest as parse_manifest,
+    )
+    from stalwart.checkpoint.observe import (
+        Adopted as Adopted,
+    )
+    from stalwart.checkpoint.observe import (
+        CheckpointObserver as CheckpointObserver,
+    )
+    from stalwart.checkpoint.observe import (
+        WriteKind as WriteKind,
+    )
+    from stalwart.checkpoint.observe import (
+        WriteObserved as WriteObserved,
+    )
+    from stalwart.checkpoint.observe import (
+        WriteTracker as WriteTracker,
+    )
+    from stalwart.checkpoint.observe import (
+        adopt as adopt,
+    )
+    from stalwart.checkpoint.quarantine import (
+        Quarantined as Quarantined,
+    )
+    from stalwart.checkpoint.quarantine import (
+        quarantine as quarantine,
+    )
+    from stalwart.checkpoint.retention import (
+        Keep as Keep,
+    )
+    from stalwart.checkpoint.retention import (
+        RetentionItem as RetentionItem,
+    )
+    from stalwart.checkpoint.retention import (
+        RetentionPlan as RetentionPlan,
+    )
+    from stalwart.checkpoint.retention import (
+        RetentionPolicy as RetentionPolicy,
+    )
+    from stalwart.checkpoint.retention import (
+        apply_retention as apply_retention,
+    )
+    from stalwart.checkpoint.retention import (
+        disk_free_bytes as disk_free_bytes,
+    )
+    from stalwart.checkpoint.retention import (
+        plan_retention as plan_retention,
+    )
+    from stalwart.checkpoint.retention import (
+        retention_items as retention_items,
+    )
+    from stalwart.checkpoint.store import (
+        CheckpointStore as CheckpointStore,
+    )
+    from stalwart.checkpoint.store import (
+        CommitStage as CommitStage,
+    )
+    from stalwart.checkpoint.store import (
+        Committed as Committed,
+    )
+    from stalwart.checkpoint.store import (
+        Transaction as Transaction,
+    )
+    from stalwart.checkpoint.verify import (
+        CacheKey as CacheKey,
+    )
+    from stalwart.checkpoint.verify import (
+        Verdict as Verdict,
+    )
+    from stalwart.checkpoint.verify import (
+        VerifyLevel as VerifyLevel,
+    )
+    from stalwart.checkpoint.verify import (
+        verify_checkpoint as verify_checkpoint,
+    )
 
 __all__ = [
     "Adopted",
@@ -123,3 +309,12 @@ __all__ = [
     "scan",
     "verify_checkpoint",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
