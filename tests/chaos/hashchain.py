@@ -56,6 +56,7 @@ def main() -> int:
             return 1
         # The chain must be exactly the one saved: a corrupt resume shows up here.
         if hashlib.sha256(state["chain"].encode()).hexdigest() != state["check"]:
+            note(event="corrupt-resume", resume=resume)
             print("CheckpointCorrupt: chain check failed", file=sys.stderr)
             return 1
         step, chain = state["step"], state["chain"]

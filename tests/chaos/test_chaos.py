@@ -297,7 +297,7 @@ def test_corruption_between_attempts_falls_back(tmp_path: Path, runtime_dir: Pat
     assert result.returncode == 0, result.stderr[-3000:]
     log = events(tmp_path)
     (corrupted,) = [e["path"] for e in log if e["event"] == "corrupted"]
-    resumes = [e["resume"] for e in log if e["event"] == "start"]
+    resumes = [e["resume"] for e in log if e["event"] in ("start", "corrupt-resume")]
     assert corrupted not in resumes  # never resumed from the damaged checkpoint
     assert (tmp_path / "ck" / ".quarantine" / f"{Path(corrupted).name}-corrupt").is_dir()
     assert [e for e in log if e["event"] == "done"][-1]["chain"] == reference_chain(STEPS)
