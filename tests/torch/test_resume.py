@@ -1,0 +1,234 @@
+"""The example job end to end: bitwise resume under `stalwart run` after SIGKILLs at random
+points (some during an asynchronous save), standalone drain and resume, and a save that
+runs out of disk in a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stalwart.checkpoint import scan
+from stalwart.journal import Journal
+from tests.conftest import wait_for
+from tests.supervised import environment, records, stalwart_argv
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "train_tiny.py"
+SLOW_SAVE = Path(__file__).parent / "slow_save.py"
+TINY = [
+    "--steps", "300", "--d-model", "32", "--layers", "1", "--heads", "2", "--block", "16",
+    "--batch", "8", "--corpus-lines", "2000", "--threads", "1", "--print-every", "100000",
+]  # fmt: skip
+RUN_S = 120.0
+
+
+@dataclass(frozen=True)
+class Reference:
+    losses: dict[int, float]
+    summary: dict[str, Any]
+
+
+def trainer_env(cache: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STALWART_")}
+    env["STALWART_TEST_TOKEN"] = os.environ.get("STALWART_TEST_TOKEN", "")
+    env["TORCHINDUCTOR_CACHE_DIR"] = str(cache)
+    return env
+
+
+def step_losses(log: Path) -> list[dict[str, Any]]:
+    return [r for r in records(log) if "step" in r]
+
+
+def same_summary(got: dict[str, Any], want: dict[str, Any]) -> None:
+    for key in ("steps", "final_loss", "last_loss", "weights_sha256", "optimizer_sha256"):
+        assert got[key] == want[key], key
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Reference:
+    """The uninterrupted run, standalone, with the default (asynchronous) saves."""
+    base = tmp_path_factory.mktemp("reference")
+    cache = tmp_path_factory.getbasetemp() / "torchinductor"
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLE), *TINY, "--ckpt-dir", str(base / "ck"),
+         "--log", str(base / "log.jsonl"), "--out", str(base / "final.json")],
+        env=trainer_env(cache), capture_output=True, text=True, timeout=RUN_S, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    losses = {r["step"]: r["loss"] for r in step_losses(base / "log.jsonl")}
+    assert sorted(losses) == list(range(1, 301))
+    summary = json.loads((base / "final.json").read_text())
+    assert summary["final_loss"] < losses[1]  # it learns
+    return Reference(losses, summary)
+
+
+def last_step(log: Path, attempt: int) -> int | None:
+    steps = [r["step"] for r in step_losses(log) if r["attempt"] == attempt]
+    return steps[-1] if steps else None
+
+
+def wait_until_step(log: Path, attempt: int, more: int) -> None:
+    """Until `attempt` has done `more` steps past its first logged one."""
+    wait_for(lambda: last_step(log, attempt) is not None, RUN_S / 4, f"attempt {attempt}")
+    target = (last_step(log, attempt) or 0) + more
+    wait_for(
+        lambda: (last_step(log, attempt) or 0) >= target,
+        RUN_S / 4,
+        f"attempt {attempt} to reach step {target}",
+    )
+
+
+def saving(markers: Path, pid: int) -> bool:
+    """Whether trainer `pid` is inside a (slowed) checkpoint fsync right now."""
+    marker = markers / "saving"
+    return marker.exists() and marker.read_text() == str(pid)
+
+
+@pytest.mark.timeout(240)
+def test_sigkills_anywhere_resume_bitwise_under_stalwart_run(
+    tmp_path: Path, runtime_dir: Path, reference: Reference
+) -> None:
+    markers, ckpt_dir, log = tmp_path / "markers", tmp_path / "ck", tmp_path / "log.jsonl"
+    markers.mkdir()
+    env = environment(runtime_dir)
+    env.update(SLOW_SAVE_DIR=str(markers), SLOW_SAVE_DELAY_S="0.1")
+    argv = stalwart_argv(
+        "run", "--state-dir", str(tmp_path / "state"), "--ckpt-dir", str(ckpt_dir),
+        "--set", "restart.backoff_initial_s=0",
+        "--set", "checkpoint.interval.mode=fixed",
+        "--set", "checkpoint.interval.fixed_interval_s=0.2",
+        "--", sys.executable, str(SLOW_SAVE), *TINY,
+        "--log", str(log), "--out", str(tmp_path / "final.json"),
+    )  # fmt: skip
+    rng = random.Random(5)
+    plan = ["step", "save", "step", "save", "step"]
+    killed_in_save = 0
+    with (tmp_path / "output.txt").open("w") as output:
+        supervisor = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=output, stderr=output)
+        try:
+            for attempt, how in enumerate(plan):
+                pid_file = markers / f"pid-{attempt}"
+                wait_for(pid_file.exists, RUN_S / 4, f"attempt {attempt} to start")
+                pid = int(pid_file.read_text())
+                if how == "step":
+                    wait_until_step(log, attempt, rng.randint(20, 100))
+                else:
+                    wait_for(partial(saving, markers, pid), RUN_S / 4, f"attempt {attempt} to save")
+                    killed_in_save += bool(scan(ckpt_dir).staging)
+                os.kill(pid, signal.SIGKILL)
+            assert supervisor.wait(timeout=RUN_S) == 0, (tmp_path / "output.txt").read_text()
+        finally:
+            if supervisor.poll() is None:
+                supervisor.kill()
+                supervisor.wait()
+    assert killed_in_save >= 1
+    same_summary(json.loads((tmp_path / "final.json").read_text()), reference.summary)
+    rows = step_losses(log)
+    for row in rows:  # every loss of every attempt, re-done steps included
+        assert row["loss"] == reference.losses[row["step"]], row
+    attempts = sorted({row["attempt"] for row in rows})
+    assert attempts == list(range(len(plan) + 1))
+    resumed = [r["resumed"] for r in records(log) if "resumed" in r]
+    assert len(set(resumed)) >= 2, resumed  # resumed from different checkpoints
+    for attempt in attempts[1:]:
+        first = next(r["step"] for r in rows if r["attempt"] == attempt)
+        assert first - 1 in [0, *resumed]
+    # Kills before a new checkpoint may make the supervisor quarantine the one resumed from
+    # (and roll back one): the losses above show that changes nothing.
+    assert not scan(ckpt_dir).staging
+    with Journal(tmp_path / "state" / "journal.sqlite") as journal:
+        kinds = [a.kind for a in journal.attempts()]
+    assert len(kinds) == len(plan) + 1 and kinds[-1] == "COMPLETED"
+
+
+@pytest.mark.timeout(120)
+def test_standalone_drains_on_sigterm_then_resumes(
+    tmp_path: Path, reference: Reference, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    log, ckpt_dir = tmp_path / "log.jsonl", tmp_path / "ck"
+    argv = [
+        sys.executable, str(EXAMPLE), *TINY, "--ckpt-dir", str(ckpt_dir), "--ckpt-every-s",
+        "0.1", "--log", str(log), "--out", str(tmp_path / "final.json"),
+    ]  # fmt: skip
+    env = trainer_env(tmp_path_factory.getbasetemp() / "torchinductor")
+    with (tmp_path / "output.txt").open("w") as output:
+        trainer = subprocess.Popen(argv, env=env, stdout=output, stderr=output)
+        try:
+            wait_for(lambda: (last_step(log, 0) or 0) >= 120, RUN_S / 2, "step 120")
+            trainer.send_signal(signal.SIGTERM)
+            assert trainer.wait(timeout=RUN_S / 2) == 0
+        finally:
+            if trainer.poll() is None:
+                trainer.kill()
+                trainer.wait()
+    stopped = last_step(log, 0)
+    assert stopped is not None and stopped < 300
+    assert f"stopping at step {stopped}: state saved" in (tmp_path / "output.txt").read_text()
+    assert scan(ckpt_dir).managed[0].step == stopped  # the drain saved the last step done
+    finished = subprocess.run(
+        argv, env=env, capture_output=True, text=True, timeout=RUN_S, check=False
+    )
+    assert finished.returncode == 0, finished.stderr
+    assert f"resumed at step {stopped}" in finished.stdout
+    same_summary(json.loads((tmp_path / "final.json").read_text()), reference.summary)
+    for row in step_losses(log):
+        assert row["loss"] == reference.losses[row["step"]], row
+
+
+DISK_FULL = """
+import json, resource, signal, sys, time
+from pathlib import Path
+import torch
+from stalwart.checkpoint import DiskFull
+from stalwart.torch import Checkpointer
+
+root = Path(sys.argv[1])
+model = torch.nn.Linear(256, 256)  # 257 KiB of weights (no optimizer: it imports dynamo, 2 s)
+ckpt = Checkpointer(model, ckpt_dir=root, environ={}, interval_s=3600.0)
+ckpt.save(1, wait=True)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of being killed
+resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.RLIM_INFINITY))
+returned = ckpt.save(2)
+while ckpt.saving:
+    time.sleep(0.01)
+try:
+    ckpt.step_end(2)
+    raised = None
+except DiskFull as exc:
+    raised = str(exc)
+resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY,) * 2)
+ckpt.close()
+with Checkpointer(model, ckpt_dir=root, environ={}) as again:
+    resumed = again.restore()
+print(json.dumps({"returned": returned, "raised": raised, "resumed": resumed}))
+"""
+
+
+def test_disk_full_in_background_raised_in_loop_previous_resumed(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", DISK_FULL, str(tmp_path)],
+        env=trainer_env(tmp_path_factory.getbasetemp() / "torchinductor"),
+        capture_output=True,
+        text=True,
+        timeout=RUN_S,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report["returned"] is True
+    assert report["raised"] is not None
+    assert "checkpoint step-000000002, file model.safetensors: out of space" in report["raised"]
+    assert report["resumed"] == 1
+    assert [e.name for e in scan(tmp_path).managed] == ["step-000000001"]
