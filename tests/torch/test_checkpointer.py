@@ -114,23 +114,34 @@ def test_tied_tensors_stored_once_and_tensors_in_safetensors(tmp_path: Path) -> 
     assert not any(isinstance(v, torch.Tensor) for v in skeleton["model"].values())
 
 
-def test_async_save_captures_the_state_at_the_request(tmp_path: Path) -> None:
-    ops = GatedFsOps()
+def test_async_save_captures_the_state_at_the_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate, entered = threading.Event(), threading.Event()
+    save_file = safetensors.torch.save_file
+
+    def gated_save_file(*args: Any, **kwargs: Any) -> None:
+        entered.set()  # nothing is written before the gate opens
+        assert gate.wait(WAIT_S)
+        save_file(*args, **kwargs)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", gated_save_file)
     setup = Setup()
-    with make(setup, tmp_path, ops=ops) as ckpt:
+    with make(setup, tmp_path) as ckpt:
         setup.train(3)
         at_save = {k: v.clone() for k, v in setup.model.state_dict().items()}
-        ops.gate.clear()
+        moments = {k: v.clone() for k, v in setup.optimizer.state[setup.model.embed.weight].items()}
         ckpt.save(3)
-        assert ops.entered.wait(WAIT_S)
+        assert entered.wait(WAIT_S)
         assert ckpt.saving
-        setup.train(4)  # training goes on while the save is being written
-        ops.gate.set()
+        setup.train(4)  # training goes on, in place, while the save waits to be written
+        gate.set()
         outcome = ckpt.wait()
     assert outcome is not None and outcome.step == 3
     assert outcome.stall_s < outcome.persist_s
     loaded = read_checkpoint(tmp_path / "step-000000003")
     assert state_equal({k: loaded.model[k] for k in at_save}, at_save)
+    assert state_equal(loaded.state["optimizer"]["state"][0], moments)
     assert not state_equal(dict(setup.model.state_dict()), at_save)
 
 
