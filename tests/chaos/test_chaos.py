@@ -7,8 +7,6 @@ work lost per failure stays within one advised interval.
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import json
 import random
 import sqlite3
@@ -21,6 +19,7 @@ import psutil
 import pytest
 
 from stalwart.journal import Journal
+from tests.chaos.analysis import longest_save_s, lost_work_s, read_log, reference_chain
 from tests.conftest import wait_for
 from tests.supervised import alive, environment, stalwart_argv
 
@@ -31,11 +30,8 @@ LONG_STEPS = 4000
 INTERVAL_S = 0.1
 
 
-def reference_chain(steps: int) -> str:
-    chain = hashlib.sha256(b"seed").hexdigest()
-    for step in range(1, steps + 1):
-        chain = hashlib.sha256(f"{chain}:{step}".encode()).hexdigest()
-    return chain
+def events(tmp_path: Path) -> list[dict[str, Any]]:
+    return read_log(tmp_path / "log.jsonl")
 
 
 def argv(
@@ -63,31 +59,6 @@ def argv(
         "--log",
         str(tmp_path / "log.jsonl"),
     )
-
-
-def events(tmp_path: Path) -> list[dict[str, Any]]:
-    lines = (tmp_path / "log.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines if line.endswith("}")]
-
-
-def lost_work_s(log: list[dict[str, Any]]) -> list[float]:
-    """For each interrupted attempt, the work it did that the next attempt had to redo:
-    from the step the next attempt resumed from (or the attempt's own start, if it
-    never got past it) to the attempt's last step."""
-    by_attempt: dict[int, list[dict[str, Any]]] = {}
-    for entry in log:
-        by_attempt.setdefault(entry["attempt"], []).append(entry)
-    lost = []
-    for current, following in itertools.pairwise(sorted(by_attempt)):
-        start = next((e for e in by_attempt[current] if e["event"] == "start"), None)
-        steps = [e for e in by_attempt[current] if e["event"] == "step"]
-        resumed = next((e for e in by_attempt[following] if e["event"] == "start"), None)
-        if start is None or not steps or resumed is None:
-            continue
-        done_at = {e["step"]: e["t"] for e in steps}
-        kept_until = done_at.get(resumed["step"], start["t"])
-        lost.append(max(steps[-1]["t"] - kept_until, 0.0))
-    return lost
 
 
 @pytest.mark.timeout(240)
@@ -124,12 +95,10 @@ def test_thirty_random_trainer_kills(tmp_path: Path, runtime_dir: Path) -> None:
     # Every resume was chosen by verification, and logged with its verdict.
     for start in (e for e in log if e["event"] == "start" and e["resume"]):
         assert f"resuming from {start['resume']} (step {start['step']}, intact" in result.stderr
-    saves = [e for e in log if e["event"] == "save"]
-    steps_t = {(e["attempt"], e["step"]): e["t"] for e in log if e["event"] == "step"}
-    longest_save_s = max(e["t"] - steps_t[(e["attempt"], e["step"])] for e in saves)
+    longest = longest_save_s(log)
     lost = lost_work_s(log)
     assert len(lost) >= kills // 2
-    assert max(lost) <= INTERVAL_S + longest_save_s + 0.15, (max(lost), longest_save_s)
+    assert max(lost) <= INTERVAL_S + longest + 0.15, (max(lost), longest)
     attempts_started = {e["attempt"] for e in log if e["event"] == "start"}
     killed_before_start = kills + 1 - len(attempts_started)
     killed_in_save = result.stderr.count("that never committed")
