@@ -10,6 +10,7 @@ resume finds an unloadable checkpoint. Tensors that are the same view of the sam
 from __future__ import annotations
 
 import collections
+import ctypes
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -209,7 +210,14 @@ class SnapshotBuffers:
                         tensor.shape, dtype=tensor.dtype, pin_memory=tensor.is_cuda
                     )
                     self._buffers[key] = buffer
-                buffer.copy_(tensor, non_blocking=tensor.is_cuda)
+                if tensor.device.type == "cpu" and tensor.is_contiguous():
+                    # One plain memcpy: torch's copy_ splits large copies over the intra-op
+                    # threads, which stalls on a preempted thread when cores are busy.
+                    ctypes.memmove(
+                        buffer.data_ptr(), tensor.data_ptr(), tensor.numel() * tensor.itemsize
+                    )
+                else:
+                    buffer.copy_(tensor, non_blocking=tensor.is_cuda)
                 if tensor.is_cuda:
                     devices.add(tensor.device)
                 copies[key] = buffer

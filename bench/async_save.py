@@ -1,0 +1,221 @@
+"""Trainer-side costs of stalwart.torch.Checkpointer, each as a ratio against a baseline
+measured in the same run.
+
+1. Training stall of an asynchronous save (snapshot to CPU memory, then write and commit
+   in a background thread) vs a synchronous save of the same state (write and commit
+   while training waits). Goal: <= 0.125. The first asynchronous save also allocates its
+   snapshot buffers; it is reported apart ("cold"), the ratio uses the later ones.
+2. Step-time overhead of the per-step calls at a 10 ms step, under a supervisor-like
+   environment (advice file, notify socket): `client.step` + `client.should_checkpoint`,
+   and `Checkpointer.step_end` (which adds signal flags and a background poll), vs none.
+   Measured twice: the cost of a call in a tight loop, as a share of a 10 ms step; and a
+   loop of 10 ms steps (a spin until a deadline, so the work per step is fixed and any
+   overhead adds to it), which also shows scheduling noise. Goal: < 1%.
+
+Rounds alternate which of baseline and subject goes first; medians are reported.
+`os.sync()` runs before each save so earlier writeback does not land on the next one.
+
+    .venv/bin/python bench/async_save.py [--size-mib 512] [--rounds 5] [--step-ms 10]
+                                         [--steps 500] [--loop-rounds 5] [--dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from stalwart.client import Client
+from stalwart.torch import Checkpointer
+
+MIB = 1024 * 1024
+TENSOR_MIB = 16
+CALLS = 20_000
+"""Calls per round of the tight-loop cost measurement."""
+
+
+class Blob(torch.nn.Module):
+    """`size_mib` of float32 parameters in 16 MiB tensors (a model's worth of weights)."""
+
+    def __init__(self, size_mib: int) -> None:
+        super().__init__()
+        count, rest = divmod(size_mib, TENSOR_MIB)
+        sizes = [TENSOR_MIB] * count + ([rest] if rest else [])
+        self.weights = torch.nn.ParameterList(
+            torch.nn.Parameter(torch.randn(mib * MIB // 4)) for mib in sizes
+        )
+
+
+def bench_stall(size_mib: int, rounds: int, base: Path) -> dict[str, float]:
+    model = Blob(size_mib)
+    async_ckpt = Checkpointer(model, store=None, ckpt_dir=base / "async", environ={})
+    sync_ckpt = Checkpointer(
+        model, ckpt_dir=base / "sync", environ={}, async_save=False, exit_signals=()
+    )
+    stalls: dict[str, list[float]] = {"async": [], "sync": []}
+    persists: list[float] = []
+
+    def run_async(step: int) -> None:
+        os.sync()
+        started = time.perf_counter()
+        async_ckpt.save(step)
+        stalls["async"].append(time.perf_counter() - started)
+        outcome = async_ckpt.wait()
+        assert outcome is not None
+        persists.append(outcome.persist_s)
+        shutil.rmtree(outcome.path)
+
+    def run_sync(step: int) -> None:
+        os.sync()
+        started = time.perf_counter()
+        sync_ckpt.save(step)
+        stalls["sync"].append(time.perf_counter() - started)
+        assert sync_ckpt.last_saved is not None
+        shutil.rmtree(sync_ckpt.last_saved.path)
+
+    try:
+        run_async(0)
+        cold = stalls["async"].pop()
+        persists.pop()
+        for step in range(1, rounds + 1):
+            order: list[Callable[[int], None]] = [run_async, run_sync]
+            for action in order if step % 2 else reversed(order):
+                action(step)
+    finally:
+        async_ckpt.close()
+        sync_ckpt.close()
+    return {
+        "cold_s": cold,
+        "async_s": statistics.median(stalls["async"]),
+        "sync_s": statistics.median(stalls["sync"]),
+        "persist_s": statistics.median(persists),
+    }
+
+
+def spin_until(deadline: float) -> None:
+    while time.perf_counter() < deadline:
+        pass
+
+
+def bench_loop(step_s: float, steps: int, rounds: int, runtime: Path) -> dict[str, float]:
+    """Median seconds per step for: no calls, the client's two calls, Checkpointer.step_end."""
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(runtime / "notify.sock"))
+    advice = runtime / "advice.json"
+    advice.write_text(json.dumps({"interval_s": 1e9, "checkpoint_now": 0, "drain": False}))
+    env = {
+        "STALWART_NOTIFY_SOCKET": str(runtime / "notify.sock"),
+        "STALWART_ADVICE_FILE": str(advice),
+        "STALWART_CKPT_DIR": str(runtime / "ck"),
+    }
+    client = Client(env)
+    ckpt = Checkpointer(torch.nn.Linear(4, 4), environ=env, exit_signals=())
+
+    def none(step: int) -> None:
+        pass
+
+    def client_calls(step: int) -> None:
+        client.step(step)
+        client.should_checkpoint(step)
+
+    arms: dict[str, Callable[[int], None]] = {
+        "none": none,
+        "client": client_calls,
+        "step_end": ckpt.step_end,
+    }
+    per_step: dict[str, list[float]] = {name: [] for name in arms}
+    per_call: dict[str, list[float]] = {name: [] for name in arms}
+    try:
+        for _ in range(rounds):
+            for name, call in arms.items():
+                started = time.perf_counter()
+                for step in range(CALLS):
+                    call(step)
+                per_call[name].append((time.perf_counter() - started) / CALLS)
+                drain(notify)
+        for round_ in range(rounds):
+            names = list(arms)
+            names = names[round_ % len(names) :] + names[: round_ % len(names)]
+            for name in names:
+                call = arms[name]
+                started = time.perf_counter()
+                for step in range(steps):
+                    spin_until(time.perf_counter() + step_s)
+                    call(step)
+                per_step[name].append((time.perf_counter() - started) / steps)
+                drain(notify)
+    finally:
+        ckpt.close()
+        client.close()
+        notify.close()
+    return {
+        **{name: statistics.median(values) for name, values in per_step.items()},
+        **{f"{name}_call": statistics.median(values) for name, values in per_call.items()},
+    }
+
+
+def drain(notify: socket.socket) -> None:
+    """Read the heartbeats sent so far, so the socket never fills."""
+    while True:
+        try:
+            notify.recv(4096, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size-mib", type=int, default=512)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--step-ms", type=float, default=10.0)
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--loop-rounds", type=int, default=5)
+    parser.add_argument("--dir", type=Path, default=None, help="where checkpoints are written")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    load_before = os.getloadavg()[0]
+    base = Path(tempfile.mkdtemp(prefix="stalwart-bench-", dir=args.dir))
+    try:
+        stall = bench_stall(args.size_mib, args.rounds, base)
+        loop = bench_loop(args.step_ms / 1000, args.steps, args.loop_rounds, base)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    ratio = stall["async_s"] / stall["sync_s"]
+    print(
+        f"state {args.size_mib} MiB of float32 tensors, {torch.get_num_threads()} torch "
+        f"threads, medians of {args.rounds} rounds; load average {load_before:.1f} before, "
+        f"{os.getloadavg()[0]:.1f} after ({os.cpu_count()} CPUs)"
+    )
+    print(f"sync save, training blocked        {1000 * stall['sync_s']:8.1f} ms")
+    print(f"async save, training blocked       {1000 * stall['async_s']:8.1f} ms")
+    print(f"  async/sync stall               {ratio:8.3f}  (goal <= 0.125)")
+    print(f"async save, first (allocates)      {1000 * stall['cold_s']:8.1f} ms")
+    print(f"async save, until durable          {1000 * stall['persist_s']:8.1f} ms")
+    none_s = loop["none"]
+    print(
+        f"step loop at {args.step_ms:g} ms/step, {args.steps} steps x {args.loop_rounds} rounds: "
+        f"{1000 * none_s:.4f} ms/step without calls"
+    )
+    step_s = args.step_ms / 1000
+    for name, label in (("client", "client.step + should_checkpoint"), ("step_end", "step_end")):
+        cost_s = loop[f"{name}_call"] - loop["none_call"]
+        print(
+            f"  {label:32} {1e6 * cost_s:6.2f} us/call in a tight loop: "
+            f"{100 * cost_s / step_s:6.3f}% of a step (goal < 1%)"
+        )
+        print(
+            f"  {'':32} in the step loop: {100 * (loop[name] / none_s - 1):+6.3f}% per step "
+            "(includes scheduling noise)"
+        )
+
+
+if __name__ == "__main__":
+    main()
