@@ -164,7 +164,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dropout", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--corpus-lines", type=int, default=20_000)
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads; one suits a model this small and leaves a core for the "
+        "supervisor and the background checkpoint writer",
+    )
     parser.add_argument(
         "--ckpt-dir",
         default="checkpoints",

@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -191,8 +192,11 @@ def test_background_failure_raised_at_next_call_previous_checkpoint_resumed(
     assert "step-000000004" in str(raised.value)
     ops.full = False
     assert not ckpt.step_end(5)  # raised once, not again
-    ckpt.close()
     assert committed_steps(tmp_path) == [2]
+    assert ckpt.save(4, wait=True)  # the failed step can be saved again
+    ckpt.close()
+    assert committed_steps(tmp_path) == [2, 4]
+    shutil.rmtree(tmp_path / "step-000000004")
     assert not scan(tmp_path).staging
     resumed = Setup(seed=5)
     with make(resumed, tmp_path) as again:

@@ -196,6 +196,8 @@ class Checkpointer:
         self._model_buffers = SnapshotBuffers()
         self._state_buffers = SnapshotBuffers()
         self._requested_step: int | None = None
+        """The step of the newest save started (or restored); a failed save resets it."""
+        self._durable_step: int | None = None
         self._last_durable_s = clock()
         self._exiting = False
         self._closed = False
@@ -278,10 +280,10 @@ class Checkpointer:
             tx.abort()
             raise
         self.client.checkpoint_begin(step)
-        self._requested_step = step
         if in_background:
             stall_s = self._clock() - started_s
             self._background.start(lambda: self._persist(tx, plan, started_s, stall_s))
+            self._requested_step = step
         else:
             self._report(self._persist(tx, plan, started_s, None))
         return True
@@ -327,6 +329,7 @@ class Checkpointer:
 
     def _report(self, outcome: SaveOutcome) -> None:
         self.last_saved = outcome
+        self._requested_step = self._durable_step = outcome.step
         self._last_durable_s = self._clock()
         self.client.saved(
             outcome.step,
@@ -344,7 +347,11 @@ class Checkpointer:
         )
 
     def _collect(self, *, wait: bool) -> None:
-        outcome = self._background.collect(wait=wait)
+        try:
+            outcome = self._background.collect(wait=wait)
+        except BaseException:
+            self._requested_step = self._durable_step  # that step may be saved again
+            raise
         if outcome is not None:
             self._report(outcome)
 
@@ -372,7 +379,7 @@ class Checkpointer:
         for name, component in self.components.items():
             component.load_state_dict(loaded.state[name])
         rng.restore(loaded.state["rng"])
-        self._requested_step = loaded.step
+        self._requested_step = self._durable_step = loaded.step
         self.restored_from = source
         logger.info("restored step %d from %s", loaded.step, source)
         return loaded.step
