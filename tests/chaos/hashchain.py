@@ -36,7 +36,8 @@ def main() -> int:
     log = open(args.log, "a", buffering=1)  # noqa: SIM115 - appended to until exit
 
     def note(**entry: object) -> None:
-        log.write(json.dumps({"t": time.monotonic(), "attempt": client.attempt, **entry}) + "\n")
+        record = {"t": time.monotonic(), "wall": time.time(), "run": client.run_id}
+        log.write(json.dumps({**record, "attempt": client.attempt, **entry}) + "\n")
 
     step, chain = 0, hashlib.sha256(b"seed").hexdigest()
     if args.corrupt_on_attempt == client.attempt:
