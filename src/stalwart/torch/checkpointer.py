@@ -101,7 +101,7 @@ def _resolve_store(
     if env.get("STALWART_CKPT_DIR"):
         resolved = CheckpointStore.from_env(env)
         if ckpt_dir is not None and Path(ckpt_dir).resolve() != resolved.root.resolve():
-            logger.warning(
+            logger.info(
                 "checkpointing to %s (STALWART_CKPT_DIR, set by the supervisor), not %s",
                 resolved.root,
                 ckpt_dir,
