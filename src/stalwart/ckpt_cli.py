@@ -1,4 +1,4 @@
-"""`stalwart checkpoints list|verify|prune`: the checkpoint store from the command line."""
+"""`stalwart checkpoints list|verify|prune|best`: the checkpoint store from the command line."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 from stalwart import paths
 from stalwart.checkpoint import (
+    CheckpointInfo,
     CheckpointState,
     RetentionPolicy,
     apply_retention,
@@ -17,6 +18,7 @@ from stalwart.checkpoint import (
     plan_retention,
     retention_items,
 )
+from stalwart.checkpoint.retention import find_best, recorded_metrics
 from stalwart.config import CheckpointConfig
 from stalwart.errors import UsageError
 from stalwart.status_view import fmt_bytes, fmt_time, table
@@ -26,9 +28,10 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = commands.add_parser("checkpoints", help="list, verify and prune a job's checkpoints")
     actions = parser.add_subparsers(dest="ckpt_command", required=True, metavar="ACTION")
     for action, text in (
-        ("list", "every checkpoint with its step, age, size and state"),
+        ("list", "every checkpoint with its step, age, size, state and recorded metrics"),
         ("verify", "verify every checkpoint; exit 1 if any is corrupt"),
         ("prune", "delete old checkpoints by the retention policy (never the newest intact)"),
+        ("best", "print the path of the intact checkpoint with the best recorded metric"),
     ):
         sub = actions.add_parser(action, help=text)
         sub.add_argument("name", nargs="?", default="default", help="job name")
@@ -41,6 +44,14 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             sub.add_argument("--dry-run", action="store_true", help="print what would be deleted")
             sub.add_argument("--keep-last", type=int, default=CheckpointConfig().keep_last)
             sub.add_argument("--keep-every-steps", type=int)
+            sub.add_argument("--keep-best", type=int, default=0, help="best K by --metric")
+        if action in ("prune", "best"):
+            sub.add_argument(
+                "--metric", required=action == "best", help="recorded metric, e.g. val_loss"
+            )
+            sub.add_argument(
+                "--mode", choices=("min", "max"), default="min", help="min: lower is better"
+            )
 
 
 def _root(args: argparse.Namespace) -> Path:
@@ -61,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"checkpoint directory {root} does not exist")
     if args.ckpt_command == "prune":
         return _prune(args, root)
+    if args.ckpt_command == "best":
+        return _best(args, root)
     # Never the cache here: it cannot see silent bit rot, which keeps the mtime.
     infos = list_checkpoints(root, full=args.full, foreign_globs=args.glob)
     rows = [
@@ -70,11 +83,13 @@ def run(args: argparse.Namespace) -> int:
             fmt_time(info.mtime_ns / 1e9),
             fmt_bytes(info.size_bytes),
             info.state.value.lower(),
+            _metrics_text(info),
             info.reason[:70],
         ]
         for info in infos
     ]
-    sys.stdout.write(table(["name", "step", "modified", "size", "state", "detail"], rows))
+    headers = ["name", "step", "modified", "size", "state", "metrics", "detail"]
+    sys.stdout.write(table(headers, rows))
     if args.ckpt_command == "verify":
         corrupt = [i for i in infos if i.state is CheckpointState.CORRUPT]
         level = "full" if args.full else "quick (sizes; add --full for digests)"
@@ -83,13 +98,37 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _metrics_text(info: CheckpointInfo) -> str:
+    """Recorded metrics, `name=value` (4 significant digits), or '-'."""
+    metrics = recorded_metrics(info.manifest.meta if info.manifest is not None else None)
+    text = " ".join(f"{name}={value:.4g}" for name, value in sorted(metrics.items()))
+    return text[:60] or "-"
+
+
+def _best(args: argparse.Namespace, root: Path) -> int:
+    found = find_best(root, args.metric, mode=args.mode, foreign_globs=args.glob)
+    if found is None:
+        sys.stderr.write(
+            f"no intact checkpoint in {root} records the metric {args.metric!r} "
+            "(`stalwart checkpoints list` shows the recorded metrics)\n"
+        )
+        return 1
+    sys.stdout.write(f"{found[0].path}\n")
+    return 0
+
+
 def _prune(args: argparse.Namespace, root: Path) -> int:
+    if args.keep_best and not args.metric:
+        raise UsageError("--keep-best needs --metric (the metric that ranks checkpoints)")
     infos = list_checkpoints(root, full=True, foreign_globs=args.glob)
-    plan = plan_retention(
-        retention_items(infos),
-        RetentionPolicy(keep_last=args.keep_last, keep_every_steps=args.keep_every_steps),
-        free_bytes=disk_free_bytes(root),
+    policy = RetentionPolicy(
+        keep_last=args.keep_last,
+        keep_every_steps=args.keep_every_steps,
+        keep_best=args.keep_best,
+        best_metric=args.metric,
+        best_mode=args.mode,
     )
+    plan = plan_retention(retention_items(infos), policy, free_bytes=disk_free_bytes(root))
     for item, why in plan.kept:
         sys.stdout.write(f"keep   {item.name} ({why.value})\n")
     for item in plan.delete:

@@ -156,6 +156,18 @@ class CheckpointConfig(_Section):
     """How often the trainer is advised to save: adaptive (Young/Daly) or fixed."""
     recompute_every_s: PositiveS = 60.0
     """The advice is recomputed on each measurement and at least this often."""
+    keep_best: int = Field(default=0, ge=0)
+    """Also keep this many verified checkpoints with the best `best_metric` (0: off)."""
+    best_metric: str | None = None
+    """Metric recorded in the manifests' meta that ranks checkpoints (e.g. 'val_loss')."""
+    best_mode: Literal["min", "max"] = "min"
+    """min: lower `best_metric` is better (a loss); max: higher is better (an accuracy)."""
+
+    @model_validator(mode="after")
+    def _best_needs_metric(self) -> CheckpointConfig:
+        if self.keep_best and not self.best_metric:
+            raise ValueError("keep_best needs best_metric (the metric that ranks checkpoints)")
+        return self
 
 
 class HangConfig(_Section):

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from stalwart.journal import Journal
 
 if TYPE_CHECKING:
-    from stalwart.supervisor import Supervisor
+    from stalwart.supervisor.state import SupervisorState
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -42,7 +42,7 @@ def fmt_bytes(value: object) -> str:
     return f"{size:.1f} TiB"
 
 
-def running_snapshot(supervisor: Supervisor) -> dict[str, Any]:
+def running_snapshot(supervisor: SupervisorState) -> dict[str, Any]:
     """Status of a running supervisor, as plain JSON-able data."""
     journal, run = supervisor.journal, supervisor.run_record
     assert journal is not None

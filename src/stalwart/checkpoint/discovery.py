@@ -221,6 +221,23 @@ def _by_format(
     )  # fmt: skip
 
 
+def alias_target(path: Path) -> Path | None:
+    """The sibling a symlink names (Lightning's `save_last="link"`: `last.ckpt -> epoch=...`).
+
+    Only a bare name of an existing entry in the same directory counts: such a link is an
+    alias, never resumed from itself (its target is). Anything else is not an alias and
+    fails verification like any symlink.
+    """
+    try:
+        text = os.readlink(path)
+    except OSError:
+        return None
+    if not text or "/" in text or text in (".", "..") or text == path.name:
+        return None
+    target = path.with_name(text)
+    return target if os.path.lexists(target) and not target.is_symlink() else None
+
+
 def examine(
     entry: Entry,
     *,
@@ -236,6 +253,14 @@ def examine(
         return _info(entry, CheckpointState.QUARANTINED, "in quarantine")
     if entry.kind is EntryKind.DELETING:
         return _info(entry, CheckpointState.STAGING, "prune in progress or interrupted")
+    if entry.kind is EntryKind.FOREIGN and entry.is_symlink:
+        target = alias_target(entry.path)
+        if target is not None:
+            return _info(
+                entry,
+                CheckpointState.UNVERIFIED,
+                f"alias of {target.name} (a symlink; its target is checked on its own)",
+            )
     if entry.kind is EntryKind.MANAGED or has_manifest(entry.path):
         info = _by_manifest(entry, full=full, cache=cache, chunk_bytes=chunk_bytes)
         if (

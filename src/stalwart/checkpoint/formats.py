@@ -178,6 +178,7 @@ def _check_dir(
     step = foreign_step(path.name)
     if "trainer_state.json" in names:
         step = _trainer_state_step(path / "trainer_state.json")
+        _check_hf_complete(entries)
         fmt_dir = ForeignFormat.HF_CHECKPOINT
     elif re.fullmatch(r"checkpoint-\d+", path.name):
         raise Reject(
@@ -188,6 +189,49 @@ def _check_dir(
     if checked == 0:
         raise Unrecognized("no checkpoint files (.safetensors, .pt, .bin, .ckpt, DCP) inside")
     return fmt_dir, step
+
+
+_HF_OPTIMIZER_RE = re.compile(r"optimizer(?:\.pt|\.bin|_\d+)|global_step\d+")
+"""The optimizer state: a file, FSDP's sharded `optimizer_0/`, DeepSpeed's `global_stepN/`."""
+_HF_RNG_RE = re.compile(r"rng_state(?:_\d+)?\.pth")
+_HF_NOT_WEIGHTS = frozenset(("training_args.bin", "optimizer.bin", "scheduler.pt"))
+
+
+def _check_hf_complete(entries: list[tuple[str, os.stat_result]]) -> None:
+    """A Trainer checkpoint holds what the Trainer writes before trainer_state.json.
+
+    Always model weights (files, a sharded index, or a DCP/DeepSpeed folder); and unless it
+    was saved with `save_only_model` (none of them present), the optimizer, the scheduler
+    (DeepSpeed keeps it in its folder) and the RNG state. A checkpoint missing one of these
+    resumes wrongly, or not at all, so it is not complete.
+    """
+    names = {rel for rel, _ in entries}
+    top = [(rel, st) for rel, st in entries if "/" not in rel]
+    deepspeed = any(
+        stat.S_ISDIR(st.st_mode) and re.fullmatch(r"global_step\d+", rel) for rel, st in top
+    )
+
+    def holds_weights(rel: str, st: os.stat_result) -> bool:
+        if _HF_OPTIMIZER_RE.fullmatch(rel) and not deepspeed:
+            return False
+        if stat.S_ISDIR(st.st_mode):
+            return deepspeed or f"{rel}/.metadata" in names
+        return Path(rel).suffix in (".safetensors", ".bin") and rel not in _HF_NOT_WEIGHTS
+
+    if not any(holds_weights(rel, st) for rel, st in top):
+        raise Reject(None, Defect.FILE_MISSING, "no model weights (.safetensors, .bin)")
+    optimizer = any(_HF_OPTIMIZER_RE.fullmatch(rel) for rel, _ in top)
+    scheduler = deepspeed or any(rel == "scheduler.pt" for rel, _ in top)
+    rng = any(_HF_RNG_RE.fullmatch(rel) for rel, _ in top)
+    if not (optimizer or scheduler or rng):
+        return  # saved with save_only_model: weights and trainer state only
+    for present, file, what in (
+        (optimizer, "optimizer.pt", "the optimizer state"),
+        (scheduler, "scheduler.pt", "the learning-rate scheduler state"),
+        (rng, "rng_state.pth", "the RNG state"),
+    ):
+        if not present:
+            raise Reject(file, Defect.FILE_MISSING, f"{what} is missing; save incomplete")
 
 
 def _relabel(rel: str, check: Callable[[], None]) -> None:

@@ -4,29 +4,38 @@
 Rules, in order of strength:
 - the newest verified (INTACT) checkpoint is never deleted, even when asked explicitly;
 - pinned ones are never deleted;
-- the newest `keep_last` verified ones and every `keep_every_steps` milestone are kept,
-  unless free space is below `min_free_bytes` + the expected size of the next save: then
-  they go oldest first, with a warning each, until the floor is met;
+- the newest `keep_last` verified ones, every `keep_every_steps` milestone and the
+  `keep_best` verified ones with the best `best_metric` recorded in their manifest are
+  kept, unless free space is below `min_free_bytes` + the expected size of the next save:
+  then they go oldest first, with a warning each, until the floor is met;
 - unverified checkpoints newer than the newest verified one are kept (they may be the
   newest good one), corrupt ones are left to quarantine, quarantined ones are deleted
   only on request;
 - when nothing more can be pruned, the plan says how many bytes are still missing.
+
+"Newest" is by step; a checkpoint without a step in its name (Lightning's `last.ckpt`)
+is placed by its modification time among the others, as discovery does, so the alias a
+framework resumes from is never taken for the oldest.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+import math
 import os
-from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal
 
 import psutil
 
-from stalwart.checkpoint.discovery import CheckpointInfo
+from stalwart.checkpoint.discovery import CheckpointInfo, list_checkpoints
 from stalwart.checkpoint.fsops import FsOps
 from stalwart.checkpoint.layout import CheckpointState, deleting_name
+from stalwart.checkpoint.verify import VerifyLevel, verify_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -39,12 +48,22 @@ class RetentionPolicy:
     """Also keep each checkpoint whose step is a multiple of this (milestones)."""
     min_free_bytes: int = 0
     """Free space wanted after the next save; below it, kept checkpoints are pruned too."""
+    keep_best: int = 0
+    """Also keep this many verified checkpoints with the best `best_metric` (0: off)."""
+    best_metric: str | None = None
+    """Name of a metric recorded in the manifests' meta (e.g. 'val_loss')."""
+    best_mode: Literal["min", "max"] = "min"
+    """min: lower is better (a loss); max: higher is better (an accuracy)."""
 
     def __post_init__(self) -> None:
-        if self.keep_last < 0 or self.min_free_bytes < 0:
-            raise ValueError("keep_last and min_free_bytes must be >= 0")
+        if self.keep_last < 0 or self.min_free_bytes < 0 or self.keep_best < 0:
+            raise ValueError("keep_last, keep_best and min_free_bytes must be >= 0")
         if self.keep_every_steps is not None and self.keep_every_steps <= 0:
             raise ValueError("keep_every_steps must be > 0 (or None)")
+        if self.keep_best and not self.best_metric:
+            raise ValueError("keep_best needs best_metric (the metric that ranks checkpoints)")
+        if self.best_mode not in ("min", "max"):
+            raise ValueError(f"best_mode must be 'min' or 'max', got {self.best_mode!r}")
 
 
 @dataclass(frozen=True)
@@ -57,6 +76,10 @@ class RetentionItem:
     size_bytes: int
     state: CheckpointState
     pinned: bool = False
+    metrics: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    """Metrics recorded in its manifest's meta (see `recorded_metrics`)."""
+    mtime_ns: int | None = None
+    """Modification time; places a checkpoint without a step among the others."""
 
 
 class Keep(enum.Enum):
@@ -66,6 +89,7 @@ class Keep(enum.Enum):
     PINNED = "pinned"
     KEEP_LAST = "among the newest verified"
     MILESTONE = "milestone step"
+    BEST = "among the best by the metric"
     NEWER_UNVERIFIED = "unverified, newer than the newest verified"
     CORRUPT = "corrupt: quarantine it, retention does not delete it"
     QUARANTINED = "quarantined: deleted only on request"
@@ -84,13 +108,76 @@ class RetentionPlan:
     warnings: tuple[str, ...]
 
 
-def _order_key(item: RetentionItem) -> tuple[int, str]:
-    return (-1 if item.step is None else item.step, item.name)
+METRICS_KEY = "metrics"
+"""Key of the metrics in a manifest's `meta`: `{"metrics": {"val_loss": 0.41, ...}}`."""
+
+
+def recorded_metrics(meta: Mapping[str, Any] | None) -> dict[str, float]:
+    """The finite numeric metrics recorded in a manifest's meta (anything else is ignored)."""
+    raw = (meta or {}).get(METRICS_KEY)
+    if not isinstance(raw, Mapping):
+        return {}
+    return {
+        str(name): float(value)
+        for name, value in raw.items()
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    }
+
+
+def newest_first(items: Iterable[RetentionItem]) -> list[RetentionItem]:
+    """By step, newest first; items without a step go by mtime among them (as discovery).
+
+    An item without a step and without an mtime is taken for older than every stepped one.
+    """
+    stepped = sorted(
+        (i for i in items if i.step is not None), key=lambda i: (i.step, i.name), reverse=True
+    )
+    unstepped = sorted(
+        (i for i in items if i.step is None),
+        key=lambda i: (-1 if i.mtime_ns is None else i.mtime_ns, i.name),
+        reverse=True,
+    )
+    merged: list[RetentionItem] = []
+    s = u = 0
+    while s < len(stepped) or u < len(unstepped):
+        if u == len(unstepped):
+            take_unstepped = False
+        elif s == len(stepped):
+            take_unstepped = True
+        else:
+            u_ns, s_ns = unstepped[u].mtime_ns, stepped[s].mtime_ns
+            take_unstepped = u_ns is not None and s_ns is not None and u_ns >= s_ns
+        if take_unstepped:
+            merged.append(unstepped[u])
+            u += 1
+        else:
+            merged.append(stepped[s])
+            s += 1
+    return merged
+
+
+def rank_by_metric(
+    items: Iterable[RetentionItem], metric: str, mode: Literal["min", "max"] = "min"
+) -> list[tuple[RetentionItem, float]]:
+    """Items that recorded `metric`, best first; ties go to the newer checkpoint."""
+    ordered = newest_first(items)
+    scored = [(item, item.metrics[metric]) for item in ordered if metric in item.metrics]
+    sign = 1.0 if mode == "min" else -1.0
+    position = {id(item): index for index, item in enumerate(ordered)}
+    return sorted(scored, key=lambda pair: (sign * pair[1], position[id(pair[0])]))
 
 
 def _is_milestone(item: RetentionItem, policy: RetentionPolicy) -> bool:
     every = policy.keep_every_steps
     return every is not None and item.step is not None and item.step % every == 0
+
+
+def _best_ids(ordered: Sequence[RetentionItem], policy: RetentionPolicy) -> set[int]:
+    if not policy.keep_best or not policy.best_metric:
+        return set()
+    verified = [i for i in ordered if i.state is CheckpointState.INTACT]
+    ranked = rank_by_metric(verified, policy.best_metric, policy.best_mode)
+    return {id(item) for item, _ in ranked[: policy.keep_best]}
 
 
 def plan_retention(
@@ -107,8 +194,10 @@ def plan_retention(
     `free_bytes` None skips the space rules; `expected_save_bytes` defaults to the size of the
     newest verified checkpoint (the next save is usually about as big).
     """
-    ordered = sorted(items, key=_order_key, reverse=True)
+    ordered = newest_first(items)
+    age = {id(item): -index for index, item in enumerate(ordered)}  # sorted: oldest first
     newest_verified = next((i for i in ordered if i.state is CheckpointState.INTACT), None)
+    best = _best_ids(ordered, policy)
     kept: list[tuple[RetentionItem, Keep]] = []
     delete: list[RetentionItem] = []
     refused: list[tuple[str, str]] = []
@@ -138,6 +227,8 @@ def plan_retention(
             reason = Keep.KEEP_LAST
         elif _is_milestone(item, policy):
             reason = Keep.MILESTONE
+        elif id(item) in best:
+            reason = Keep.BEST
         if item.state is CheckpointState.INTACT:
             verified_seen += 1
         if reason is None:
@@ -156,8 +247,9 @@ def plan_retention(
         need = policy.min_free_bytes + expected
         projected = free_bytes + sum(i.size_bytes for i in delete)
         if projected < need:
-            spare = [pair for pair in kept if pair[1] in (Keep.KEEP_LAST, Keep.MILESTONE)]
-            for item, reason in sorted(spare, key=lambda pair: _order_key(pair[0])):
+            spare_reasons = (Keep.KEEP_LAST, Keep.MILESTONE, Keep.BEST)
+            spare = [pair for pair in kept if pair[1] in spare_reasons]
+            for item, reason in sorted(spare, key=lambda pair: age[id(pair[0])]):
                 if projected >= need:
                     break
                 kept.remove((item, reason))
@@ -174,14 +266,14 @@ def plan_retention(
                     "before the next save or it may fail (quarantined checkpoints are only "
                     "deleted on request)"
                 )
-    delete.sort(key=_order_key)
+    delete.sort(key=lambda item: age[id(item)])
     return RetentionPlan(tuple(delete), tuple(kept), tuple(refused), short_bytes, tuple(warnings))
 
 
 def retention_items(
     infos: Sequence[CheckpointInfo], pinned: Collection[str] = ()
 ) -> list[RetentionItem]:
-    """Discovery's records as retention's input."""
+    """Discovery's records as retention's input, with the metrics their manifests record."""
     return [
         RetentionItem(
             name=info.name,
@@ -190,9 +282,38 @@ def retention_items(
             size_bytes=info.size_bytes or 0,
             state=info.state,
             pinned=info.name in pinned,
+            metrics=MappingProxyType(
+                recorded_metrics(info.manifest.meta if info.manifest is not None else None)
+            ),
+            mtime_ns=info.mtime_ns,
         )
         for info in infos
     ]
+
+
+def find_best(
+    root: Path,
+    metric: str,
+    *,
+    mode: Literal["min", "max"] = "min",
+    foreign_globs: Sequence[str] = (),
+) -> tuple[CheckpointInfo, float] | None:
+    """The intact checkpoint with the best recorded `metric`, and its value; None if none.
+
+    Candidates are ranked by the metric in their manifests, then fully verified best first
+    (digests): a corrupt one is skipped however good its value, and so is one rewritten
+    since its manifest was written (its metric describes other weights).
+    """
+    infos = list_checkpoints(root, full=False, foreign_globs=foreign_globs)
+    by_name = {info.name: info for info in infos if info.manifest is not None}
+    items = retention_items(list(by_name.values()))
+    for item, value in rank_by_metric(items, metric, mode):
+        info = by_name[item.name]
+        verdict = verify_checkpoint(info.path, VerifyLevel.FULL, name=info.name)
+        if verdict.intact:
+            return info, value
+        logger.warning("not choosing %s (%s=%g): %s", info.name, metric, value, verdict.reason)
+    return None
 
 
 def disk_free_bytes(path: Path) -> int:

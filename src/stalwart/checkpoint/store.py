@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -31,6 +31,7 @@ from stalwart.checkpoint.layout import MANIFEST_NAME, checkpoint_name, staging_n
 from stalwart.checkpoint.manifest import (
     HashAlgo,
     Manifest,
+    parse_manifest,
     path_problem,
     render_manifest,
 )
@@ -80,6 +81,15 @@ def _check_meta(meta: Mapping[str, Any] | None) -> dict[str, Any]:
     except (TypeError, ValueError) as exc:
         raise ValueError(f"checkpoint meta must be JSON-serializable: {exc}") from None
     return meta
+
+
+def _parent_dirs(paths: Iterable[str]) -> tuple[str, ...]:
+    """The directories that hold the given `/`-separated relative paths, deepest first."""
+    dirs = {path.rsplit("/", 1)[0] for path in paths if "/" in path}
+    for directory in list(dirs):
+        parts = directory.split("/")
+        dirs.update("/".join(parts[:depth]) for depth in range(1, len(parts)))
+    return tuple(sorted(dirs, key=lambda d: (-d.count("/"), d)))
 
 
 class TxState(enum.Enum):
@@ -134,6 +144,19 @@ class Transaction:
         self._require_open()
         try:
             committed = self.store.finish(self.dir, self.step, self.meta, staging_owned=True)
+        except BaseException:
+            self.state = TxState.ABORTED
+            raise
+        self.state = TxState.COMMITTED
+        self.committed = committed
+        return committed
+
+    def commit_copy(self, raw_manifest: bytes) -> Committed:
+        """Commit files copied into `dir` from elsewhere (a download) and verified against
+        `raw_manifest`, which is kept byte for byte; see CheckpointStore.finish_copy."""
+        self._require_open()
+        try:
+            committed = self.store.finish_copy(self.dir, self.step, raw_manifest)
         except BaseException:
             self.state = TxState.ABORTED
             raise
@@ -275,27 +298,15 @@ class CheckpointStore:
         staging_owned: bool,
     ) -> Committed:
         """Seal `base`, write its manifest, rename it to `step`'s name and make it durable."""
-        name = checkpoint_name(step)
-        final = self.root / name
-        started_s = self.clock.monotonic()
-        renamed = False
-        file: str | None = None
-        try:
-            self._stage(CommitStage.FILES_WRITTEN)
-            try:
-                sealed = seal(
-                    base,
-                    self.hash_algo,
-                    self.ops,
-                    exclude=frozenset((MANIFEST_NAME,)),
-                    chunk_bytes=self.chunk_bytes,
-                )
-            except SealFailure as failure:
-                file = failure.file
-                raise failure.error from None
-            except ValueError as exc:
-                raise CommitFailed(name, None, str(exc), "remove it and save again") from None
-            self._stage(CommitStage.FILES_SYNCED)
+
+        def describe() -> tuple[Manifest, bytes, tuple[str, ...]]:
+            sealed = seal(
+                base,
+                self.hash_algo,
+                self.ops,
+                exclude=frozenset((MANIFEST_NAME,)),
+                chunk_bytes=self.chunk_bytes,
+            )
             manifest = Manifest(
                 step=step,
                 created_unix=self.clock.wall(),
@@ -305,15 +316,65 @@ class CheckpointStore:
                 files=sealed.files,
                 meta=meta,
             )
+            return manifest, render_manifest(manifest), sealed.dirs
+
+        return self._commit(base, step, describe, staging_owned=staging_owned)
+
+    def finish_copy(self, base: Path, step: int, raw_manifest: bytes) -> Committed:
+        """Commit `base`, a staging directory of this store holding the files of a checkpoint
+        copied from elsewhere (a remote download) and already verified against `raw_manifest`.
+
+        The manifest is kept byte for byte (the checkpoint keeps its run, attempt and creation
+        time); the files are fsynced, not hashed again. `base` is removed on failure.
+        """
+
+        def describe() -> tuple[Manifest, bytes, tuple[str, ...]]:
+            manifest = parse_manifest(raw_manifest, reserved=(MANIFEST_NAME,))
+            if manifest.step != step:
+                raise ValueError(f"the manifest is of step {manifest.step}, not {step}")
+            for entry in manifest.files:
+                try:
+                    self.ops.fsync_file(base / entry.path)
+                except OSError as exc:
+                    raise SealFailure(entry.path, exc) from None
+            return manifest, raw_manifest, _parent_dirs(entry.path for entry in manifest.files)
+
+        return self._commit(base, step, describe, staging_owned=True)
+
+    def _commit(
+        self,
+        base: Path,
+        step: int,
+        describe: Callable[[], tuple[Manifest, bytes, tuple[str, ...]]],
+        *,
+        staging_owned: bool,
+    ) -> Committed:
+        """The commit protocol around `describe`, which makes the files durable and returns
+        the manifest, its bytes and the subdirectories to fsync (deepest first)."""
+        name = checkpoint_name(step)
+        final = self.root / name
+        started_s = self.clock.monotonic()
+        renamed = False
+        file: str | None = None
+        try:
+            self._stage(CommitStage.FILES_WRITTEN)
+            try:
+                manifest, raw_manifest, dirs = describe()
+            except SealFailure as failure:
+                file = failure.file
+                raise failure.error from None
+            except ValueError as exc:
+                raise CommitFailed(name, None, str(exc), "remove it and save again") from None
+            self._stage(CommitStage.FILES_SYNCED)
             file = MANIFEST_NAME
             write_durable(
                 self.ops,
                 base / MANIFEST_NAME,
-                render_manifest(manifest),
+                raw_manifest,
                 lambda: self._stage(CommitStage.MANIFEST_WRITTEN),
             )
             file = None
-            for rel in sealed.dirs:
+            for rel in dirs:
                 self.ops.fsync_dir(base / rel)
             self.ops.fsync_dir(base)
             self._stage(CommitStage.STAGING_SYNCED)

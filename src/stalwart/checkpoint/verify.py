@@ -237,23 +237,30 @@ def full_check(
     base = site_of(path).base
     buffer = bytearray(chunk_bytes)
     for entry in manifest.files:
-        try:
-            digest, _ = file_digest(
-                base / entry.path, manifest.hash, expected_bytes=entry.size_bytes, buffer=buffer
-            )
-        except FileNotFoundError:
-            raise CheckpointInvalid(name, entry.path, Defect.FILE_MISSING, "not found") from None
-        except ValueError as exc:
-            raise CheckpointInvalid(name, entry.path, Defect.SIZE_MISMATCH, str(exc)) from None
-        except OSError as exc:
-            raise CheckpointInvalid(name, entry.path, Defect.UNREADABLE, str(exc)) from None
-        if digest != entry.digest:
-            raise CheckpointInvalid(
-                name,
-                entry.path,
-                Defect.DIGEST_MISMATCH,
-                f"{manifest.hash.value} is {digest}, manifest says {entry.digest}",
-            )
+        check_file(base, entry, manifest.hash, name=name, buffer=buffer)
+
+
+def check_file(
+    base: Path, entry: FileEntry, algo: HashAlgo, *, name: str, buffer: bytearray
+) -> None:
+    """One listed file under `base` has its size and digest; raises CheckpointInvalid."""
+    try:
+        digest, _ = file_digest(
+            base / entry.path, algo, expected_bytes=entry.size_bytes, buffer=buffer
+        )
+    except FileNotFoundError:
+        raise CheckpointInvalid(name, entry.path, Defect.FILE_MISSING, "not found") from None
+    except ValueError as exc:
+        raise CheckpointInvalid(name, entry.path, Defect.SIZE_MISMATCH, str(exc)) from None
+    except OSError as exc:
+        raise CheckpointInvalid(name, entry.path, Defect.UNREADABLE, str(exc)) from None
+    if digest != entry.digest:
+        raise CheckpointInvalid(
+            name,
+            entry.path,
+            Defect.DIGEST_MISMATCH,
+            f"{algo.value} is {digest}, manifest says {entry.digest}",
+        )
 
 
 def verify_checkpoint(

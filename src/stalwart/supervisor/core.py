@@ -9,137 +9,48 @@ only record the signal; this loop acts on it.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import functools
 import logging
 import os
-import queue
-import random
 import selectors
 import shutil
 import signal
 import socket
 import subprocess
-import sys
-from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
 
-from stalwart import paths, process, status_view
-from stalwart.advice import AdviceBoard
-from stalwart.checkpoint import FormatStatus, QuarantineReason, WriteKind, WriteObserved
-from stalwart.classify import ExitContext, classify, compile_rules
-from stalwart.clock import Clock, SystemClock
-from stalwart.config import JobConfig
-from stalwart.control import Connection, ControlServer
+from stalwart import paths, process
+from stalwart.classify import ExitContext, classify
+from stalwart.control import ControlServer
 from stalwart.errors import UsageError
-from stalwart.journal import Journal, RunRecord, RunStatus
-from stalwart.keeper import AdoptionDone, CheckpointKeeper, RetentionDone
+from stalwart.journal import Journal, RunStatus
+from stalwart.keeper import CheckpointKeeper
 from stalwart.notify import NotifySocket
 from stalwart.pacing import Pacer
-from stalwart.preemption import (
-    NoticeKind,
-    PreemptionNotice,
-    Provider,
-    ShutdownEvidence,
-    Watcher,
-    make_watcher,
-    probe_shutdown,
-    sigterm_meaning,
-)
-from stalwart.resources import ResourceSampler, memory_at_limit, oom_killed_since
+from stalwart.resources import memory_at_limit, oom_killed_since
 from stalwart.restart import (
     Action,
     Decision,
-    PoisonTracker,
-    RestartPolicy,
     State,
-    StateMachine,
 )
-from stalwart.scheduling import Scheduler
-from stalwart.sdnotify import SystemdNotifier
-from stalwart.trainer import Trainer, catches_signal
-from stalwart.types import Classification, ExitCode, ExitKind, ExitStatus, signal_name
+from stalwart.supervisor.checkpoints import CheckpointMixin
+from stalwart.supervisor.control import ControlMixin
+from stalwart.supervisor.drain import DrainMixin
+from stalwart.supervisor.notify import NotifyMixin
+from stalwart.supervisor.state import (
+    CHAOS_REASON,
+    CLEARED_ENV,
+    LOOP_TICK_S,
+    STOP_SIGNALS,
+    SupervisorState,
+    logger,
+)
+from stalwart.trainer import Trainer
+from stalwart.types import Classification, ExitCode, ExitKind, ExitStatus
 
-logger = logging.getLogger(__name__)
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-LOOP_TICK_S = 1.0
-"""Upper bound on one wait: deadlines are checked (and children reaped) at least this often."""
-CHAOS_REASON = "injected by chaos"
-RECOMPUTE_INTERVAL = "recompute-interval"
-"""Event posted by the scheduler: time to re-decide the checkpoint interval."""
-CLEARED_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
-"""systemd's variables are the supervisor's, not the trainer's."""
-
-
-class Supervisor:
+class Supervisor(ControlMixin, NotifyMixin, CheckpointMixin, DrainMixin, SupervisorState):
     """Runs one job until it completes, gives up, is stopped or is preempted."""
-
-    def __init__(
-        self,
-        config: JobConfig,
-        *,
-        clock: Clock | None = None,
-        environ: Mapping[str, str] | None = None,
-        stdout: BinaryIO | None = None,
-        stderr: BinaryIO | None = None,
-        rng: random.Random | None = None,
-    ) -> None:
-        self.config = config
-        self.clock = clock or SystemClock()
-        self.environ = dict(os.environ if environ is None else environ)
-        self._stdout = stdout or sys.stdout.buffer
-        self._stderr = stderr or sys.stderr.buffer
-        self.policy = RestartPolicy(config.restart, rng)
-        self.machine = StateMachine(config.name)
-        self.rules = compile_rules((p.regex, p.kind, p.retryable) for p in config.classify.patterns)
-        self.state_dir = paths.state_dir(config.name, config.state_dir, self.environ)
-        self.ckpt_dir = (config.checkpoint.dir or self.state_dir / "checkpoints").absolute()
-        self.exit_code = ExitCode.OK
-        self.final_message = ""
-        self.attempt: Trainer | None = None
-        self.relaunch_at_s: float | None = None
-        self._running_at_s: float | None = None
-        self._stop_requests = 0
-        self._signals: deque[int] = deque()
-        self._selector = selectors.DefaultSelector()
-        self.advice = AdviceBoard(config.checkpoint.interval.fixed_interval_s)
-        self.pacer: Pacer | None = None
-        self.keeper: CheckpointKeeper | None = None
-        self._retention_running = False
-        self._retention_again = False
-        self.poison = PoisonTracker(
-            config.restart.poison_after_failures, config.restart.max_rollbacks
-        )
-        self._chaos_rng = random.Random(config.chaos.seed)
-        self._chaos_kills = 0
-        # set in run()
-        self.journal: Journal | None = None
-        self.run_record: RunRecord | None = None
-        self._lock: paths.StateLock | None = None
-        self._sentinel: process.Sentinel | None = None
-        self._notify: NotifySocket | None = None
-        self._wakeup: tuple[socket.socket, socket.socket] | None = None
-        self._sampler = ResourceSampler(self.ckpt_dir)
-        self._sample_at_s = 0.0
-        self._reap_at_s = 0.0
-        self._child_exited = False
-        self.dump_dir = self.state_dir / "dumps"
-        self._control: ControlServer | None = None
-        self._notify_listening = False
-        self._notify_resume_at_s = 0.0
-        self._events: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._scheduler = Scheduler(self.post)
-        self._watcher: Watcher | None = None
-        self._preemption: PreemptionNotice | None = None
-        self._notices_seen: set[str] = set()
-        self.journal_first_attempt = -1
-        self._systemd = SystemdNotifier(self.environ)
-        self._watchdog_at_s = 0.0
-
-    # setup and teardown
 
     def _check_command(self) -> None:
         program = self.config.command[0]
@@ -210,29 +121,6 @@ class Supervisor:
         else:
             self._selector.register(self._control.sock, selectors.EVENT_READ, self._on_control)
 
-    def _start_watchers(self) -> None:
-        self._watcher = make_watcher(self.config.preemption)
-        if self._watcher is not None:
-            watcher = self._watcher
-            logger.info(
-                "%s: watching for %s preemption notices every %g s",
-                self.config.name,
-                watcher.provider.value,
-                self.config.preemption.poll_interval_s,
-            )
-            self._scheduler.every(
-                "preemption",
-                self.config.preemption.poll_interval_s,
-                lambda: watcher.poll(self.clock.wall()),
-            )
-        self._scheduler.every(
-            "interval",
-            self.config.checkpoint.recompute_every_s,
-            lambda: RECOMPUTE_INTERVAL,
-            first_s=self.config.checkpoint.recompute_every_s,
-        )
-        self._scheduler.start()
-
     def _install_signals(self) -> dict[int, Callable[..., object] | int | None]:
         reader, writer = socket.socketpair()
         reader.setblocking(False)
@@ -287,8 +175,6 @@ class Supervisor:
             self.journal.close()
         if self._lock is not None:
             self._lock.release()
-
-    # the loop
 
     def run(self) -> int:
         """Supervise until done; the return value is the process exit code."""
@@ -452,90 +338,6 @@ class Supervisor:
         attempt.hang_killed = True
         attempt.dump_stacks(self.dump_dir, self.config.hang.dump_wait_s)
 
-    # control and status
-
-    def _on_control(self) -> None:
-        assert self._control is not None
-        connection = self._control.accept()
-        if connection is not None:
-            self._selector.register(
-                connection.sock,
-                selectors.EVENT_READ,
-                functools.partial(self._on_control_request, connection),
-            )
-
-    def _on_control_request(self, connection: Connection) -> None:
-        try:
-            request = connection.read_request()
-        except (ValueError, EOFError) as exc:
-            self._selector.unregister(connection.sock)
-            connection.respond({"ok": False, "error": str(exc) or "connection closed"})
-            return
-        if request is None:
-            return
-        self._selector.unregister(connection.sock)
-        if not connection.allowed:
-            connection.respond(
-                {"ok": False, "error": f"permission denied for uid {connection.uid}"}
-            )
-            return
-        command = request["cmd"]
-        if command == "stop":
-            self.request_stop("`stalwart stop`")
-        elif command == "checkpoint":
-            self.checkpoint_now("`stalwart checkpoint`")
-        connection.respond(self.status())
-
-    def checkpoint_now(self, why: str) -> None:
-        """Ask for a checkpoint at the next step boundary (advice counter; SIGUSR1 if caught)."""
-        self.advice.request_checkpoint()
-        attempt = self.attempt
-        if attempt is not None and catches_signal(attempt.pid, signal.SIGUSR1):
-            os.kill(attempt.pid, signal.SIGUSR1)
-        logger.info("%s: %s: checkpoint requested", self.config.name, why)
-
-    def _status_line(self) -> str:
-        attempt = self.attempt
-        if attempt is None:
-            return f"{self.machine.state.value}"
-        stats = attempt.hang.stats(self.clock.monotonic())
-        step = f", step {stats.last_step}" if stats.last_step is not None else ""
-        return (
-            f"{self.machine.state.value}: attempt {attempt.number}, pid {attempt.pid}{step}, "
-            f"interval {self.advice.advice.interval_s:g} s"
-        )
-
-    def status(self) -> dict[str, object]:
-        """What `stalwart status` shows, as plain JSON-able data."""
-        return status_view.running_snapshot(self)
-
-    # stopping
-
-    def _on_stop_signal(self, signum: int) -> None:
-        why = signal_name(signum)
-        if signum == signal.SIGTERM and self._preemption is None:
-            meaning = sigterm_meaning(
-                sigterm_is_preemption=self.config.preemption.sigterm_is_preemption,
-                evidence=probe_shutdown()
-                if self.config.preemption.sigterm_is_preemption
-                else ShutdownEvidence.UNKNOWN,
-            )
-            if meaning is ExitKind.PREEMPTED:
-                self._on_preemption(
-                    PreemptionNotice(
-                        provider=Provider.SIGNAL,
-                        kind=NoticeKind.TERMINATE,
-                        deadline_unix=None,
-                        detail="SIGTERM while the machine shuts down",
-                        event_id="sigterm",
-                    )
-                )
-                return
-        if self._preemption is not None and self._stop_requests == 0 and self.attempt is not None:
-            # Already draining for a preemption: a further signal escalates, like a second Ctrl-C.
-            self._stop_requests = 1
-        self.request_stop(why)
-
     def request_stop(self, why: str) -> None:
         """First request: graceful stop. Any later one: kill now."""
         self._stop_requests += 1
@@ -569,223 +371,6 @@ class Supervisor:
         elif not attempt.killed:
             logger.warning("%s: %s again: killing the trainer now", self.config.name, why)
             attempt.kill(self.config.stop.kill_wait_s)
-
-    # checkpoints
-
-    def _replay_poison_history(self) -> None:
-        """After a supervisor restart: the crash-loop streak continues where it was."""
-        assert self.journal is not None
-        assert self.run_record is not None
-        run_id = self.run_record.run_id
-        produced = {
-            c.attempt for c in self.journal.checkpoints(self.config.name) if c.run_id == run_id
-        }
-        for past in self.journal.attempts(run_id):
-            if past.kind is None or (past.reason or "").startswith(CHAOS_REASON):
-                continue
-            resumed = Path(past.resume_from).name if past.resume_from else None
-            self.poison.on_attempt_end(resumed, past.attempt in produced, ExitKind(past.kind))
-
-    def _poison_rule(
-        self, attempt: Trainer, verdict: Classification, decision: Decision
-    ) -> Decision:
-        """Crash-loop rollback: quarantine a checkpoint that every resume dies on."""
-        if attempt.chaos_killed:
-            return decision  # an injected kill says nothing about the checkpoint
-        resumed = Path(attempt.resume_from).name if attempt.resume_from else None
-        poison = self.poison.on_attempt_end(resumed, attempt.produced_checkpoint, verdict.kind)
-        if poison.give_up is not None:
-            return Decision(Action.GIVE_UP, 0.0, poison.give_up)
-        if poison.rollback is None or self.keeper is None:
-            return decision
-        moved = self.keeper.quarantine(
-            poison.rollback,
-            QuarantineReason.POISON,
-            f"{self.config.restart.poison_after_failures} failures in a row after resuming "
-            f"from it, no newer checkpoint; last: {verdict.reason}",
-        )
-        logger.error(
-            "%s: checkpoint %s is poison: every attempt resuming from it failed; "
-            "quarantined as %s, rolling back to the previous intact checkpoint",
-            self.config.name,
-            poison.rollback,
-            moved,
-        )
-        return dataclasses.replace(
-            decision,
-            reason=f"rolled back from poison checkpoint {poison.rollback}; {decision.reason}",
-        )
-
-    def _after_save(self, size_bytes: int | None) -> None:
-        """A new checkpoint exists: prune old ones in the background, one pass at a time."""
-        keeper = self.keeper
-        if keeper is None:
-            return
-        if self._retention_running:
-            self._retention_again = True
-            return
-        self._retention_running = True
-        self._retention_again = False
-        journal_path = self.state_dir / "journal.sqlite"
-        self._scheduler.submit("retention", lambda: keeper.retain(journal_path, size_bytes))
-
-    def _on_observed_write(self, event: WriteObserved) -> None:
-        """A checkpoint write seen by the directory watcher (foreign, or ours unreported)."""
-        attempt = self.attempt
-        keeper = self.keeper
-        if attempt is None or keeper is None or self.pacer is None:
-            return
-        foreign = event.kind is WriteKind.FOREIGN
-        valid = event.format is not None and event.format.status is FormatStatus.VALID
-        logger.info(
-            "%s: observed %s checkpoint %s: %d bytes written in %.2f s%s",
-            self.config.name,
-            event.kind.value,
-            event.name,
-            event.size_bytes,
-            event.duration_s,
-            f" ({event.format.reason})" if event.format is not None else "",
-        )
-        if not attempt.reported_saves and (valid or not foreign):
-            # A trainer that does not report its saves: the write time is its cost.
-            decision = self.pacer.on_save(
-                attempt=attempt.number,
-                step=None,
-                path=str(event.path),
-                size_bytes=event.size_bytes,
-                stall_s=event.duration_s,
-                persist_s=event.duration_s,
-                source="observed",
-                running_exposure_s=attempt.uptime_s(),
-            )
-            self.advice.set_interval(decision.interval_s)
-        if valid or not foreign:
-            attempt.produced_checkpoint = True
-        if foreign and valid and self.config.checkpoint.adopt_foreign:
-            run_id, number = self.run_record.run_id if self.run_record else "", attempt.number
-            self._scheduler.submit(
-                f"adopt:{event.name}", lambda: keeper.adopt(event, run_id, number)
-            )
-        self._after_save(event.size_bytes)
-
-    def _on_retention(self, done: RetentionDone) -> None:
-        self._retention_running = False
-        if self._retention_again:
-            self._after_save(None)
-        for path in done.deleted:
-            logger.info("%s: pruned checkpoint %s", self.config.name, path.name)
-        if done.plan is not None and done.plan.short_bytes > 0:
-            logger.warning(
-                "%s: %d more bytes are needed in %s and nothing more can be pruned; "
-                "the next save may fail (free space or lower checkpoint.keep_last)",
-                self.config.name,
-                done.plan.short_bytes,
-                self.ckpt_dir,
-            )
-
-    # preemption
-
-    def post(self, event: object) -> None:
-        """From any thread: hand an event to the loop and wake it."""
-        self._events.put(event)
-        if self._wakeup is not None:
-            with contextlib.suppress(OSError):
-                self._wakeup[1].send(b"\0")
-
-    def _handle_events(self) -> None:
-        while True:
-            try:
-                event = self._events.get_nowait()
-            except queue.Empty:
-                return
-            if isinstance(event, PreemptionNotice):
-                self._on_preemption(event)
-            elif isinstance(event, WriteObserved):
-                self._on_observed_write(event)
-            elif isinstance(event, RetentionDone):
-                self._on_retention(event)
-            elif isinstance(event, AdoptionDone):
-                log = logger.info if event.ok else logger.warning
-                log("%s: adopting %s: %s", self.config.name, event.name, event.detail)
-            elif event is RECOMPUTE_INTERVAL and self.pacer is not None:
-                running_s = self.attempt.uptime_s() if self.attempt is not None else 0.0
-                self.advice.set_interval(self.pacer.recompute(running_s).interval_s)
-
-    def _on_preemption(self, notice: PreemptionNotice) -> None:
-        """A notice: emergency checkpoint, and for a binding one a drain before the deadline."""
-        now_unix, now_s = self.clock.wall(), self.clock.monotonic()
-        if notice.event_id in self._notices_seen:
-            return
-        self._notices_seen.add(notice.event_id)
-        remaining = notice.remaining_s(now_unix)
-        logger.warning(
-            "%s: %s %s notice (%s)%s",
-            self.config.name,
-            notice.provider.value,
-            notice.kind.value,
-            notice.detail,
-            f", {remaining:.0f} s left" if remaining is not None else "",
-        )
-        if notice.advisory:
-            self.checkpoint_now(f"{notice.provider.value} {notice.kind.value} recommendation")
-            return
-        if self._preemption is not None or self.machine.terminal:
-            return
-        self._preemption = notice
-        self.advice.drain(checkpoint=True, deadline_unix=notice.deadline_unix)
-        if self.machine.state is State.BACKOFF:
-            self.relaunch_at_s = None
-            self._finish_preempted(None)
-            return
-        attempt = self.attempt
-        if attempt is None:
-            return
-        margin_s = self.config.preemption.drain_margin_s
-        if notice.deadline_unix is not None:
-            escalate_s = now_s + max(notice.deadline_unix - now_unix - margin_s, 0.0)
-        else:
-            escalate_s = now_s + self.config.stop.grace_s
-        if attempt.hang.armed:
-            # A client-instrumented trainer drains itself from the advice file; the stop
-            # signal follows at the escalation point, SIGKILL half a margin later.
-            attempt.kill_at_s = escalate_s
-            attempt.escalate_grace_s = margin_s / 2
-        else:
-            attempt.send_stop(self.config.stop.signum, max(escalate_s - now_s, 0.0))
-        self._running_at_s = None
-        self.machine.to(State.STOPPING, f"preempted ({notice.provider.value})")
-        self._systemd.stopping(f"preempted: {notice.detail}")
-        self._systemd.extend_timeout(max(escalate_s - now_s, 0.0) + margin_s + 5.0)
-
-    def _finish_preempted(self, number: int | None) -> None:
-        assert self._preemption is not None
-        notice = self._preemption
-        if self._watcher is not None and notice.provider is not Provider.SIGNAL:
-            acknowledged = self._watcher.acknowledge(notice)
-            if acknowledged:
-                logger.info(
-                    "%s: acknowledged %s event %s",
-                    self.config.name,
-                    notice.provider.value,
-                    notice.event_id,
-                )
-        deadline = notice.remaining_s(self.clock.wall())
-        timing = (
-            f"{deadline:.1f} s before the deadline"
-            if deadline is not None and deadline >= 0
-            else "after the deadline"
-            if deadline is not None
-            else "(no deadline given)"
-        )
-        after = f"after attempt {number} drained " if number is not None else ""
-        self.exit_code = ExitCode.PREEMPTED
-        self.final_message = (
-            f"{self.config.name}: machine preempted ({notice.detail}); stopped {after}{timing}; "
-            "the next start resumes from the newest intact checkpoint"
-        )
-        self.machine.to(State.EXITED, "preempted")
-
-    # launching
 
     def _resume_from(self) -> str:
         """The newest checkpoint that verifies intact (newer broken ones are quarantined)."""
@@ -864,100 +449,6 @@ class Supervisor:
             attempt.chaos_at_s = now_s + self._chaos_rng.uniform(
                 chaos.kill_after_min_s, chaos.kill_after_max_s
             )
-
-    # trainer events
-
-    def _on_notify(self) -> None:
-        """Read every waiting datagram, then stop listening for `notify_batch_s`.
-
-        A trainer may heartbeat at 100 Hz; waking for each datagram would cost the
-        supervisor more CPU than everything else it does. Kernel receive timestamps
-        keep the heartbeat times exact while the loop reads them in batches.
-        """
-        assert self._notify is not None
-        batch_s = self.config.monitor.notify_batch_s
-        if batch_s > 0 and self._notify_listening:
-            self._selector.unregister(self._notify.sock)
-            self._notify_listening = False
-            self._notify_resume_at_s = self.clock.monotonic() + batch_s
-        self._read_notify()
-
-    def _read_notify(self) -> None:
-        if self._notify is None:
-            return
-        now_s, now_unix = self.clock.monotonic(), self.clock.wall()
-        for message in self._notify.receive():
-            attempt = self.attempt
-            if attempt is None:
-                continue
-            at_s = now_s
-            if message.received_unix is not None:
-                at_s = min(now_s, now_s - (now_unix - message.received_unix))
-            self._on_message(attempt, message.fields, at_s)
-
-    def _resume_notify(self, now_s: float) -> None:
-        if self._notify is None or self._notify_listening or now_s < self._notify_resume_at_s:
-            return
-        self._selector.register(self._notify.sock, selectors.EVENT_READ, self._on_notify)
-        self._notify_listening = True
-
-    def _on_message(
-        self, attempt: Trainer, fields: dict[str, int | float | str], now_s: float
-    ) -> None:
-        step = fields.get("STEP")
-        if isinstance(step, int):
-            if attempt.ready_s is None:
-                self._on_first_step(attempt, now_s - attempt.started_s)
-            attempt.hang.heartbeat(now_s, step)
-        elif "READY" in fields:
-            attempt.hang.heartbeat(now_s)
-        begin = fields.get("CKPT_BEGIN")
-        if isinstance(begin, int):
-            attempt.ckpt_step = begin
-            attempt.hang.checkpoint_begin(now_s)
-        if "CKPT_DONE" in fields or "CKPT_STALL_S" in fields or "CKPT_PERSIST_S" in fields:
-            attempt.hang.checkpoint_end(now_s)
-            self._on_save_report(attempt, fields)
-        if "DONE" in fields:
-            attempt.done_reported = True
-        status = fields.get("STATUS")
-        if isinstance(status, str):
-            attempt.status_text = status
-
-    def _on_first_step(self, attempt: Trainer, ready_s: float) -> None:
-        """Launch to first step: the restart cost R of the interval model."""
-        assert self.journal is not None
-        assert self.run_record is not None
-        assert self.pacer is not None
-        attempt.ready_s = ready_s
-        self.journal.set_attempt_progress(self.run_record.run_id, attempt.number, ready_s=ready_s)
-        self.advice.set_interval(self.pacer.on_restart(ready_s).interval_s)
-
-    def _on_save_report(self, attempt: Trainer, fields: dict[str, int | float | str]) -> None:
-        assert self.pacer is not None
-
-        def number(key: str) -> float | None:
-            value = fields.get(key)
-            return float(value) if isinstance(value, int | float) else None
-
-        done = fields.get("CKPT_DONE")
-        size = fields.get("CKPT_BYTES")
-        step = attempt.ckpt_step if attempt.ckpt_step is not None else attempt.hang.last_step
-        decision = self.pacer.on_save(
-            attempt=attempt.number,
-            step=step,
-            path=str(done) if done is not None else None,
-            size_bytes=size if isinstance(size, int) else None,
-            stall_s=number("CKPT_STALL_S"),
-            persist_s=number("CKPT_PERSIST_S"),
-            source="trainer",
-            running_exposure_s=attempt.uptime_s(),
-        )
-        attempt.ckpt_step = None
-        attempt.reported_saves = True
-        attempt.produced_checkpoint = True
-        self.advice.set_interval(decision.interval_s)
-        self._after_save(size if isinstance(size, int) else None)
 
     def _reap(self) -> None:
         """Reap on SIGCHLD, and once a tick in case a signal was coalesced away."""

@@ -1,0 +1,106 @@
+"""Datagrams from the trainer: heartbeats, progress and save reports."""
+
+from __future__ import annotations
+
+import selectors
+
+from stalwart.supervisor.state import (
+    SupervisorState,
+)
+from stalwart.trainer import Trainer
+
+
+class NotifyMixin(SupervisorState):
+    """Reads the notify socket in batches and turns datagrams into progress and save reports."""
+
+    def _on_notify(self) -> None:
+        """Read every waiting datagram, then stop listening for `notify_batch_s`.
+
+        A trainer may heartbeat at 100 Hz; waking for each datagram would cost the
+        supervisor more CPU than everything else it does. Kernel receive timestamps
+        keep the heartbeat times exact while the loop reads them in batches.
+        """
+        assert self._notify is not None
+        batch_s = self.config.monitor.notify_batch_s
+        if batch_s > 0 and self._notify_listening:
+            self._selector.unregister(self._notify.sock)
+            self._notify_listening = False
+            self._notify_resume_at_s = self.clock.monotonic() + batch_s
+        self._read_notify()
+
+    def _read_notify(self) -> None:
+        if self._notify is None:
+            return
+        now_s, now_unix = self.clock.monotonic(), self.clock.wall()
+        for message in self._notify.receive():
+            attempt = self.attempt
+            if attempt is None:
+                continue
+            at_s = now_s
+            if message.received_unix is not None:
+                at_s = min(now_s, now_s - (now_unix - message.received_unix))
+            self._on_message(attempt, message.fields, at_s)
+
+    def _resume_notify(self, now_s: float) -> None:
+        if self._notify is None or self._notify_listening or now_s < self._notify_resume_at_s:
+            return
+        self._selector.register(self._notify.sock, selectors.EVENT_READ, self._on_notify)
+        self._notify_listening = True
+
+    def _on_message(
+        self, attempt: Trainer, fields: dict[str, int | float | str], now_s: float
+    ) -> None:
+        step = fields.get("STEP")
+        if isinstance(step, int):
+            if attempt.ready_s is None:
+                self._on_first_step(attempt, now_s - attempt.started_s)
+            attempt.hang.heartbeat(now_s, step)
+        elif "READY" in fields:
+            attempt.hang.heartbeat(now_s)
+        begin = fields.get("CKPT_BEGIN")
+        if isinstance(begin, int):
+            attempt.ckpt_step = begin
+            attempt.hang.checkpoint_begin(now_s)
+        if "CKPT_DONE" in fields or "CKPT_STALL_S" in fields or "CKPT_PERSIST_S" in fields:
+            attempt.hang.checkpoint_end(now_s)
+            self._on_save_report(attempt, fields)
+        if "DONE" in fields:
+            attempt.done_reported = True
+        status = fields.get("STATUS")
+        if isinstance(status, str):
+            attempt.status_text = status
+
+    def _on_first_step(self, attempt: Trainer, ready_s: float) -> None:
+        """Launch to first step: the restart cost R of the interval model."""
+        assert self.journal is not None
+        assert self.run_record is not None
+        assert self.pacer is not None
+        attempt.ready_s = ready_s
+        self.journal.set_attempt_progress(self.run_record.run_id, attempt.number, ready_s=ready_s)
+        self.advice.set_interval(self.pacer.on_restart(ready_s).interval_s)
+
+    def _on_save_report(self, attempt: Trainer, fields: dict[str, int | float | str]) -> None:
+        assert self.pacer is not None
+
+        def number(key: str) -> float | None:
+            value = fields.get(key)
+            return float(value) if isinstance(value, int | float) else None
+
+        done = fields.get("CKPT_DONE")
+        size = fields.get("CKPT_BYTES")
+        step = attempt.ckpt_step if attempt.ckpt_step is not None else attempt.hang.last_step
+        decision = self.pacer.on_save(
+            attempt=attempt.number,
+            step=step,
+            path=str(done) if done is not None else None,
+            size_bytes=size if isinstance(size, int) else None,
+            stall_s=number("CKPT_STALL_S"),
+            persist_s=number("CKPT_PERSIST_S"),
+            source="trainer",
+            running_exposure_s=attempt.uptime_s(),
+        )
+        attempt.ckpt_step = None
+        attempt.reported_saves = True
+        attempt.produced_checkpoint = True
+        self.advice.set_interval(decision.interval_s)
+        self._after_save(size if isinstance(size, int) else None)

@@ -1,0 +1,144 @@
+"""The supervisor's state: every attribute the parts of the loop share, set in one place.
+
+The supervisor is one class assembled from mixins, one per concern (control requests,
+notify datagrams, checkpoints, draining and preemption, the loop itself); each mixin
+sees the whole state through this base. Methods one mixin calls in another are
+declared here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import random
+import selectors
+import signal
+import socket
+import sys
+from collections import deque
+from collections.abc import Mapping
+from typing import BinaryIO
+
+from stalwart import paths, process
+from stalwart.advice import AdviceBoard
+from stalwart.checkpoint import WriteObserved
+from stalwart.classify import compile_rules
+from stalwart.clock import Clock, SystemClock
+from stalwart.config import JobConfig
+from stalwart.control import ControlServer
+from stalwart.journal import Journal, RunRecord
+from stalwart.keeper import CheckpointKeeper, RetentionDone
+from stalwart.notify import NotifySocket
+from stalwart.pacing import Pacer
+from stalwart.preemption import (
+    PreemptionNotice,
+    Watcher,
+)
+from stalwart.resources import ResourceSampler
+from stalwart.restart import (
+    PoisonTracker,
+    RestartPolicy,
+    StateMachine,
+)
+from stalwart.scheduling import Scheduler
+from stalwart.sdnotify import SystemdNotifier
+from stalwart.trainer import Trainer
+from stalwart.types import ExitCode
+
+logger = logging.getLogger("stalwart.supervisor")
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+LOOP_TICK_S = 1.0
+"""Upper bound on one wait: deadlines are checked (and children reaped) at least this often."""
+CHAOS_REASON = "injected by chaos"
+RECOMPUTE_INTERVAL = "recompute-interval"
+"""Event posted by the scheduler: time to re-decide the checkpoint interval."""
+CLEARED_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+"""systemd's variables are the supervisor's, not the trainer's."""
+
+
+class SupervisorState:
+    """All of the supervisor's state; the mixins hold the behaviour."""
+
+    def __init__(
+        self,
+        config: JobConfig,
+        *,
+        clock: Clock | None = None,
+        environ: Mapping[str, str] | None = None,
+        stdout: BinaryIO | None = None,
+        stderr: BinaryIO | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.environ = dict(os.environ if environ is None else environ)
+        self._stdout = stdout or sys.stdout.buffer
+        self._stderr = stderr or sys.stderr.buffer
+        self.policy = RestartPolicy(config.restart, rng)
+        self.machine = StateMachine(config.name)
+        self.rules = compile_rules((p.regex, p.kind, p.retryable) for p in config.classify.patterns)
+        self.state_dir = paths.state_dir(config.name, config.state_dir, self.environ)
+        self.ckpt_dir = (config.checkpoint.dir or self.state_dir / "checkpoints").absolute()
+        self.exit_code = ExitCode.OK
+        self.final_message = ""
+        self.attempt: Trainer | None = None
+        self.relaunch_at_s: float | None = None
+        self._running_at_s: float | None = None
+        self._stop_requests = 0
+        self._signals: deque[int] = deque()
+        self._selector = selectors.DefaultSelector()
+        self.advice = AdviceBoard(config.checkpoint.interval.fixed_interval_s)
+        self.pacer: Pacer | None = None
+        self.keeper: CheckpointKeeper | None = None
+        self._retention_running = False
+        self._retention_again = False
+        self.poison = PoisonTracker(
+            config.restart.poison_after_failures, config.restart.max_rollbacks
+        )
+        self._chaos_rng = random.Random(config.chaos.seed)
+        self._chaos_kills = 0
+        # set in run()
+        self.journal: Journal | None = None
+        self.run_record: RunRecord | None = None
+        self._lock: paths.StateLock | None = None
+        self._sentinel: process.Sentinel | None = None
+        self._notify: NotifySocket | None = None
+        self._wakeup: tuple[socket.socket, socket.socket] | None = None
+        self._sampler = ResourceSampler(self.ckpt_dir)
+        self._sample_at_s = 0.0
+        self._reap_at_s = 0.0
+        self._child_exited = False
+        self.dump_dir = self.state_dir / "dumps"
+        self._control: ControlServer | None = None
+        self._notify_listening = False
+        self._notify_resume_at_s = 0.0
+        self._events: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._scheduler = Scheduler(self.post)
+        self._watcher: Watcher | None = None
+        self._preemption: PreemptionNotice | None = None
+        self._notices_seen: set[str] = set()
+        self.journal_first_attempt = -1
+        self._systemd = SystemdNotifier(self.environ)
+        self._watchdog_at_s = 0.0
+
+    # Implemented by the mixins and the loop (declared for the other mixins).
+
+    def request_stop(self, why: str) -> None:
+        raise NotImplementedError
+
+    def post(self, event: object) -> None:
+        raise NotImplementedError
+
+    def checkpoint_now(self, why: str) -> None:
+        raise NotImplementedError
+
+    def _after_save(self, size_bytes: int | None) -> None:
+        raise NotImplementedError
+
+    def _on_observed_write(self, event: WriteObserved) -> None:
+        raise NotImplementedError
+
+    def _on_retention(self, done: RetentionDone) -> None:
+        raise NotImplementedError
