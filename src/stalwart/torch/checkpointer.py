@@ -366,8 +366,9 @@ class Checkpointer:
         """Load the newest state; returns its step (the steps already done), 0 if none.
 
         From `path` (verified first), else STALWART_RESUME_FROM, else (standalone) the
-        newest intact checkpoint in the checkpoint directory. Everything is checked against
-        the model and components before anything is loaded.
+        newest intact checkpoint in the checkpoint directory. The model's keys and shapes,
+        the components' presence and the optimizer's parameter groups are checked before
+        anything is loaded (StateMismatch lists what differs).
         """
         self._collect(wait=True)
         source = self._source(path)
