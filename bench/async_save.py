@@ -33,6 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
 from stalwart.client import Client
 from stalwart.torch import Checkpointer
 

@@ -33,8 +33,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import torch
-from stalwart.torch import Checkpointer, ResumableSampler
 from torch import nn
+
+from stalwart.torch import Checkpointer, ResumableSampler
 
 VOCAB = "0123456789+=\n"
 CORPUS_SEED = 1234

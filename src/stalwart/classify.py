@@ -48,7 +48,8 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     # Checkpoint loading failures: the restart policy may roll back to an older one.
     _rule(
         r"PytorchStreamReader failed|invalid load key|SafetensorError|"
-        r"CheckpointCorrupt|unexpected EOF, expected \d+ more bytes",
+        r"CheckpointCorrupt|UnsafeCheckpoint|CheckpointInvalid|"
+        r"unexpected EOF, expected \d+ more bytes",
         ExitKind.CHECKPOINT_CORRUPT,
     ),
     _rule(

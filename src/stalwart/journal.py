@@ -423,9 +423,7 @@ class Journal:
         )
 
     def quarantines(self, run_id: str | None = None) -> list[QuarantineRecord]:
-        query = (
-            "SELECT run_id, name, source, destination, reason, detail, at_unix FROM quarantines"
-        )
+        query = "SELECT run_id, name, source, destination, reason, detail, at_unix FROM quarantines"
         params: tuple[str, ...] = ()
         if run_id is not None:
             query += " WHERE run_id = ?"

@@ -6,10 +6,10 @@ import random
 from typing import Any
 
 import numpy as np
-
 import torch
-from stalwart.torch import ResumableSampler
 from torch import nn
+
+from stalwart.torch import ResumableSampler
 
 
 class TiedNet(nn.Module):

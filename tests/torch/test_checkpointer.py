@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import pytest
 import safetensors.torch
-
 import torch
+
 from stalwart.checkpoint import CheckpointStore, DiskFull, FsOps, scan
 from stalwart.torch import (
     Checkpointer,

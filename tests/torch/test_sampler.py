@@ -5,10 +5,10 @@ from __future__ import annotations
 import itertools
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import torch
 from stalwart.torch import ResumableSampler
 
 

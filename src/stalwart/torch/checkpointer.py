@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
+
 from stalwart.checkpoint import (
     CheckpointStore,
     Committed,

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import safetensors.torch
+import torch
 from safetensors import SafetensorError
 
-import torch
 from stalwart.checkpoint import CheckpointInvalid, CommitFailed, Committed, Defect, Transaction
 from stalwart.torch.errors import NotATorchCheckpoint, UnsafeCheckpoint
 from stalwart.torch.tree import unflatten
