@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from stalwart import paths
+from stalwart import paths, remote_cli
 from stalwart.checkpoint import (
     CheckpointInfo,
     CheckpointState,
@@ -32,6 +32,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ("verify", "verify every checkpoint; exit 1 if any is corrupt"),
         ("prune", "delete old checkpoints by the retention policy (never the newest intact)"),
         ("best", "print the path of the intact checkpoint with the best recorded metric"),
+        ("pull", "download a checkpoint from the remote copy, verify it, commit it locally"),
     ):
         sub = actions.add_parser(action, help=text)
         sub.add_argument("name", nargs="?", default="default", help="job name")
@@ -40,6 +41,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         sub.add_argument("--glob", action="append", default=[], help="foreign checkpoint glob")
         if action in ("list", "verify"):
             sub.add_argument("--full", action="store_true", help="check every digest (slow)")
+        if action in ("list", "pull"):
+            sub.add_argument("--remote-url", help="remote copy URL (default: the job's)")
+        if action == "list":
+            sub.add_argument("--remote", action="store_true", help="list the remote copy")
+        if action == "pull":
+            sub.add_argument("--checkpoint", help="name (step-000001234) or step number")
+            sub.add_argument("--latest", action="store_true", help="the newest that verifies")
         if action == "prune":
             sub.add_argument("--dry-run", action="store_true", help="print what would be deleted")
             sub.add_argument("--keep-last", type=int, default=CheckpointConfig().keep_last)
@@ -67,7 +75,12 @@ def _root(args: argparse.Namespace) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.ckpt_command == "list" and args.remote:
+        return remote_cli.list_cmd(args)
     root = _root(args)
+    if args.ckpt_command == "pull":
+        root.mkdir(parents=True, exist_ok=True)
+        return remote_cli.pull_cmd(args, root)
     if not root.is_dir():
         raise UsageError(f"checkpoint directory {root} does not exist")
     if args.ckpt_command == "prune":

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from stalwart.errors import ConfigError
 from stalwart.interval import IntervalConfig
 from stalwart.preemption.config import PreemptionConfig
+from stalwart.remote.config import RemoteConfig
 from stalwart.types import ExitKind
 
 MAX_CONFIG_BYTES = 1024 * 1024
@@ -152,6 +153,8 @@ class CheckpointConfig(_Section):
     """Watch the directory (watchdog) to measure save cost of trainers that do not report it."""
     quiescence_s: PositiveS = 2.0
     """A foreign write is finished after this long without file events."""
+    remote: RemoteConfig = RemoteConfig()
+    """A durable copy in object storage (spot instances): `url` enables it."""
     interval: IntervalConfig = IntervalConfig()
     """How often the trainer is advised to save: adaptive (Young/Daly) or fixed."""
     recompute_every_s: PositiveS = 60.0

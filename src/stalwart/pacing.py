@@ -110,6 +110,11 @@ class Pacer:
             self.model.observe_save(stall_s=stall_s, persist_s=persist_s)
         return self.recompute(running_exposure_s)
 
+    def on_remote_persist(self, persist_s: float) -> IntervalDecision:
+        """A save became durable in the remote copy: that too is persist time (the floor)."""
+        self.model.observe_save(stall_s=None, persist_s=persist_s)
+        return self.recompute(0.0)
+
     def on_restart(self, ready_s: float) -> IntervalDecision:
         """Relaunch + restore time of an attempt (launch to its first step)."""
         self.model.observe_restart(ready_s)

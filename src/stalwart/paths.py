@@ -25,6 +25,8 @@ RUNTIME_POINTER = "runtime_dir"
 """A file in the state dir naming the runtime dir, so `stalwart status` finds the sockets."""
 
 
+REMOTE_POINTER = "remote_url"
+"""A file in the state dir naming the remote copy's URL, when one is configured."""
 CKPT_DIR_POINTER = "ckpt_dir"
 """A file in the state dir naming the checkpoint dir, for `stalwart checkpoints`."""
 
@@ -53,6 +55,13 @@ def recorded_runtime_dir(state: Path) -> Path | None:
 
 def recorded_ckpt_dir(state: Path) -> Path | None:
     return _pointer(state, CKPT_DIR_POINTER)
+
+
+def recorded_remote_url(state: Path) -> str | None:
+    try:
+        return (state / REMOTE_POINTER).read_text().strip() or None
+    except OSError:
+        return None
 
 
 def runtime_dir(name: str, state: Path, environ: Mapping[str, str]) -> Path:

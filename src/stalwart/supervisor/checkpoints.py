@@ -118,6 +118,8 @@ class CheckpointMixin(SupervisorState):
                 f"adopt:{event.name}", lambda: keeper.adopt(event, run_id, number)
             )
         self._after_save(event.size_bytes)
+        if not foreign:
+            self._upload(str(event.path))
 
     def _on_retention(self, done: RetentionDone) -> None:
         self._retention_running = False

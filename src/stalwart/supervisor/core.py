@@ -37,6 +37,7 @@ from stalwart.supervisor.checkpoints import CheckpointMixin
 from stalwart.supervisor.control import ControlMixin
 from stalwart.supervisor.drain import DrainMixin
 from stalwart.supervisor.notify import NotifyMixin
+from stalwart.supervisor.remote import RemoteMixin
 from stalwart.supervisor.state import (
     CHAOS_REASON,
     CLEARED_ENV,
@@ -49,7 +50,9 @@ from stalwart.trainer import Trainer
 from stalwart.types import Classification, ExitCode, ExitKind, ExitStatus
 
 
-class Supervisor(ControlMixin, NotifyMixin, CheckpointMixin, DrainMixin, SupervisorState):
+class Supervisor(
+    ControlMixin, NotifyMixin, CheckpointMixin, DrainMixin, RemoteMixin, SupervisorState
+):
     """Runs one job until it completes, gives up, is stopped or is preempted."""
 
     def _check_command(self) -> None:
@@ -94,6 +97,11 @@ class Supervisor(ControlMixin, NotifyMixin, CheckpointMixin, DrainMixin, Supervi
         )
         (self.state_dir / paths.RUNTIME_POINTER).write_text(f"{runtime}\n")
         (self.state_dir / paths.CKPT_DIR_POINTER).write_text(f"{self.ckpt_dir}\n")
+        remote_pointer = self.state_dir / paths.REMOTE_POINTER
+        if self.config.checkpoint.remote.url:
+            remote_pointer.write_text(f"{self.config.checkpoint.remote.url}\n")
+        else:
+            remote_pointer.unlink(missing_ok=True)
         self.pacer = Pacer(
             self.config.checkpoint.interval,
             self.journal,
@@ -155,6 +163,7 @@ class Supervisor(ControlMixin, NotifyMixin, CheckpointMixin, DrainMixin, Supervi
         if self.keeper is not None:
             self.keeper.stop_observer()
         self._scheduler.shutdown()
+        self._close_remote()
         self._sampler.close()
         if self._control is not None:
             self._control.close()
@@ -185,6 +194,7 @@ class Supervisor(ControlMixin, NotifyMixin, CheckpointMixin, DrainMixin, Supervi
             process.set_child_subreaper(True)
             self._sentinel = process.Sentinel()
             self._start_watchers()
+            self._start_remote()
             if self.keeper is not None:
                 self.keeper.start_observer(self.post)
             self._launch()

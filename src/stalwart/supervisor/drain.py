@@ -17,6 +17,7 @@ from stalwart.preemption import (
     probe_shutdown,
     sigterm_meaning,
 )
+from stalwart.remote import UploadResult
 from stalwart.restart import (
     State,
 )
@@ -71,6 +72,8 @@ class DrainMixin(SupervisorState):
                 self._on_preemption(event)
             elif isinstance(event, WriteObserved):
                 self._on_observed_write(event)
+            elif isinstance(event, UploadResult):
+                self._on_upload(event)
             elif isinstance(event, RetentionDone):
                 self._on_retention(event)
             elif isinstance(event, AdoptionDone):
@@ -164,6 +167,9 @@ class DrainMixin(SupervisorState):
                     notice.event_id,
                 )
         deadline = notice.remaining_s(self.clock.wall())
+        self._remote_drain_report(
+            self.clock.monotonic() + deadline if deadline is not None else None
+        )
         timing = (
             f"{deadline:.1f} s before the deadline"
             if deadline is not None and deadline >= 0

@@ -104,3 +104,4 @@ class NotifyMixin(SupervisorState):
         attempt.produced_checkpoint = True
         self.advice.set_interval(decision.interval_s)
         self._after_save(size if isinstance(size, int) else None)
+        self._upload(str(done) if done is not None else None)

@@ -35,6 +35,7 @@ from stalwart.preemption import (
     PreemptionNotice,
     Watcher,
 )
+from stalwart.remote import RemoteMirror, UploadResult
 from stalwart.resources import ResourceSampler
 from stalwart.restart import (
     PoisonTracker,
@@ -122,6 +123,9 @@ class SupervisorState:
         self.journal_first_attempt = -1
         self._systemd = SystemdNotifier(self.environ)
         self._watchdog_at_s = 0.0
+        self._mirror: RemoteMirror | None = None
+        self._emergency_upload: str | None = None
+        """Name of the checkpoint uploaded urgently during a preemption drain."""
 
     # Implemented by the mixins and the loop (declared for the other mixins).
 
@@ -141,4 +145,13 @@ class SupervisorState:
         raise NotImplementedError
 
     def _on_retention(self, done: RetentionDone) -> None:
+        raise NotImplementedError
+
+    def _upload(self, path: str | None) -> None:
+        raise NotImplementedError
+
+    def _on_upload(self, result: UploadResult) -> None:
+        raise NotImplementedError
+
+    def _remote_drain_report(self, deadline_s: float | None) -> None:
         raise NotImplementedError
