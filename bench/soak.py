@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -58,11 +59,14 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--fault-every-s", type=float, default=3.0, help="mean time between faults")
+    parser.add_argument("--faults", default=",".join(FAULTS), help="comma-separated subset")
+    parser.add_argument("--keep", help="copy the work directory here when the verdict fails")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     budget_s = args.minutes * 60
     steps = int(budget_s * 0.4 / STEP_S)  # about 40 % of the time is forward progress
     injected: Counter[str] = Counter()
+    faults = [f for f in args.faults.split(",") if f in FAULTS]
     fake = FakeMetadata.start()
     fake.route("GET", PREEMPTED_PATH, Reply(200, "FALSE"))
     fake.route("GET", MAINTENANCE_PATH, Reply(200, "NONE"))
@@ -143,8 +147,8 @@ def main() -> int:
                     )
                 if time.monotonic() >= next_fault and time.monotonic() - started < budget_s:
                     next_fault = time.monotonic() + rng.expovariate(1 / args.fault_every_s)
-                    fault = rng.choice(FAULTS)
-                    if fault != "corruption" or settled(log):
+                    fault = rng.choice(faults)
+                    if fault != "corruption" or settled(log, _trainer(supervisor)):
                         inject(fault, supervisor, tmp, fake, injected)
                 time.sleep(0.02)
         finally:
@@ -152,7 +156,7 @@ def main() -> int:
                 supervisor.send_signal(signal.SIGTERM)
                 supervisor.wait(60)
             fake.stop()
-        return report(
+        verdict = report(
             tmp,
             read_log(log),
             steps,
@@ -160,12 +164,15 @@ def main() -> int:
             exits=exits,
             elapsed_s=time.monotonic() - started,
         )
+        if verdict != 0 and args.keep:
+            shutil.copytree(tmp, args.keep, dirs_exist_ok=True)
+        return verdict
 
 
 FAULTS = ("trainer kill", "supervisor kill", "hang", "corruption", "preemption")
 
 
-def settled(log: Path) -> bool:
+def settled(log: Path, trainer: psutil.Process | None) -> bool:
     """The running trainer loaded its checkpoint over a second ago.
 
     Corruption is injected only then: between the supervisor verifying a checkpoint and
@@ -173,7 +180,12 @@ def settled(log: Path) -> bool:
     check catches that case; it is not what this soak measures).
     """
     starts = [e for e in read_log(log) if e["event"] == "start"]
-    return bool(starts) and time.monotonic() - starts[-1]["t"] > 1.0
+    return (
+        trainer is not None
+        and bool(starts)
+        and starts[-1]["pid"] == trainer.pid
+        and time.monotonic() - starts[-1]["t"] > 1.0
+    )
 
 
 def _trainer(supervisor: subprocess.Popen[bytes]) -> psutil.Process | None:

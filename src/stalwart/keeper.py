@@ -149,15 +149,23 @@ class CheckpointKeeper:
     # background jobs: each opens its own journal connection (SQLite objects stay in
     # the thread that made them) and holds the lock while it touches the directory.
 
-    def retain(self, journal_path: Path, expected_save_bytes: int | None) -> RetentionDone:
-        """One retention pass; never raises (the loop waits for its answer)."""
+    def retain(
+        self,
+        journal_path: Path,
+        expected_save_bytes: int | None,
+        busy: frozenset[str] = frozenset(),
+    ) -> RetentionDone:
+        """One retention pass; never raises (the loop waits for its answer). `busy`
+        checkpoints (being uploaded) are pinned for this pass."""
         try:
-            return self._retain(journal_path, expected_save_bytes)
+            return self._retain(journal_path, expected_save_bytes, busy)
         except Exception as exc:
             logger.exception("retention pass failed")
             return RetentionDone(None, (), f"{type(exc).__name__}: {exc}")
 
-    def _retain(self, journal_path: Path, expected_save_bytes: int | None) -> RetentionDone:
+    def _retain(
+        self, journal_path: Path, expected_save_bytes: int | None, busy: frozenset[str]
+    ) -> RetentionDone:
         policy = RetentionPolicy(
             keep_last=self.config.keep_last,
             keep_every_steps=self.config.keep_every_steps,
@@ -171,7 +179,7 @@ class CheckpointKeeper:
                 foreign_globs=self.config.foreign_globs,
             )
             plan = plan_retention(
-                retention_items(infos, pinned=self.config.pinned),
+                retention_items(infos, pinned=[*self.config.pinned, *busy]),
                 policy,
                 free_bytes=disk_free_bytes(self.root) if self.config.min_free_bytes else None,
                 expected_save_bytes=expected_save_bytes,

@@ -78,7 +78,9 @@ class CheckpointMixin(SupervisorState):
         self._retention_running = True
         self._retention_again = False
         journal_path = self.state_dir / "journal.sqlite"
-        self._scheduler.submit("retention", lambda: keeper.retain(journal_path, size_bytes))
+        # A checkpoint still being uploaded is pinned: pruning it would fail its upload.
+        busy = self._mirror.busy_names() if self._mirror is not None else frozenset()
+        self._scheduler.submit("retention", lambda: keeper.retain(journal_path, size_bytes, busy))
 
     def _on_observed_write(self, event: WriteObserved) -> None:
         """A checkpoint write seen by the directory watcher (foreign, or ours unreported)."""
