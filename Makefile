@@ -22,7 +22,7 @@ types: $(STAMP)
 	$(BIN)/mypy src
 
 test: lint types
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n 2 $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py

@@ -209,3 +209,27 @@ def test_poison_invariants(
             assert verdict == PoisonVerdict()
     assert len(rolled) <= max_rollbacks
     assert rolled == poison.rolled_back
+
+
+def test_kills_from_outside_neither_grow_nor_reset_the_streak() -> None:
+    poison = PoisonTracker(failures_to_poison=2, max_rollbacks=2)
+    crash = ExitKind.UNKNOWN
+    assert poison.on_attempt_end("step-5", False, crash) == PoisonVerdict()
+    for _ in range(5):  # SIGKILLed from outside: no evidence about step-5
+        assert poison.on_attempt_end("step-5", False, crash, evidence=False) == PoisonVerdict()
+    assert poison.on_attempt_end("step-5", False, crash) == PoisonVerdict(rollback="step-5")
+
+
+def test_poison_evidence_is_what_the_trainer_did_to_itself() -> None:
+    import signal
+
+    from stalwart.supervisor.checkpoints import poison_evidence
+    from stalwart.types import ExitStatus
+
+    assert poison_evidence(ExitStatus(1, None), ExitKind.UNKNOWN)
+    assert poison_evidence(ExitStatus(None, signal.SIGSEGV), ExitKind.UNKNOWN)
+    assert poison_evidence(None, ExitKind.HANG)
+    assert poison_evidence(ExitStatus(None, signal.SIGKILL), ExitKind.CHECKPOINT_CORRUPT)
+    assert not poison_evidence(ExitStatus(None, signal.SIGKILL), ExitKind.UNKNOWN)
+    assert not poison_evidence(ExitStatus(137, None), ExitKind.UNKNOWN)  # a shell's SIGKILL
+    assert not poison_evidence(ExitStatus(None, signal.SIGTERM), ExitKind.UNKNOWN)

@@ -35,6 +35,7 @@ from stalwart.checkpoint import (
     quarantine,
     retention_items,
 )
+from stalwart.checkpoint.frameworks import repair_for_resume
 from stalwart.clock import Clock
 from stalwart.config import CheckpointConfig
 from stalwart.journal import Journal, QuarantineRecord
@@ -92,11 +93,22 @@ class CheckpointKeeper:
     def prepare_resume(self) -> ResumeDecision:
         """The newest intact checkpoint; newer broken ones are quarantined and journaled."""
         with self.lock:
+            # Framework aliases first (Lightning's last.ckpt, torn HF checkpoint-N/):
+            # a framework resumes from them by name, not from STALWART_RESUME_FROM.
+            repairs = repair_for_resume(
+                self.root,
+                self.config.foreign_globs,
+                cache=JournalVerifyCache(self._journal, self.root),
+            )
             decision = prepare_resume(
                 self.root,
                 cache=JournalVerifyCache(self._journal, self.root),
                 foreign_globs=self.config.foreign_globs,
             )
+        for repair in repairs:
+            logger.warning("%s", repair.describe())
+            if repair.quarantined is not None:
+                self._record(repair.quarantined)
         for moved in decision.quarantined:
             logger.warning(
                 "quarantined checkpoint %s (%s: %s) -> %s",
@@ -170,6 +182,9 @@ class CheckpointKeeper:
             keep_last=self.config.keep_last,
             keep_every_steps=self.config.keep_every_steps,
             min_free_bytes=self.config.min_free_bytes,
+            keep_best=self.config.keep_best,
+            best_metric=self.config.best_metric,
+            best_mode=self.config.best_mode,
         )
         with Journal(journal_path) as journal, self.lock:
             infos = list_checkpoints(

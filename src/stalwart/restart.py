@@ -192,8 +192,17 @@ class PoisonTracker:
         self.rolled_back: list[str] = []
 
     def on_attempt_end(
-        self, resumed_from: str | None, produced_checkpoint: bool, kind: ExitKind
+        self,
+        resumed_from: str | None,
+        produced_checkpoint: bool,
+        kind: ExitKind,
+        *,
+        evidence: bool = True,
     ) -> PoisonVerdict:
+        """`evidence=False` for an end that says nothing either way (killed from outside:
+        SIGKILL by someone else, an injected fault): the streak neither grows nor resets."""
+        if not evidence and not produced_checkpoint:
+            return PoisonVerdict()
         if produced_checkpoint or kind in NOT_POISON_KINDS or resumed_from is None:
             self._suspect, self._count = None, 0
             return PoisonVerdict()

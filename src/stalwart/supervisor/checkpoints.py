@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import signal
 from pathlib import Path
 
 from stalwart.checkpoint import FormatStatus, QuarantineReason, WriteKind, WriteObserved
@@ -17,7 +18,28 @@ from stalwart.supervisor.state import (
     logger,
 )
 from stalwart.trainer import Trainer
-from stalwart.types import Classification, ExitKind
+from stalwart.types import Classification, ExitKind, ExitStatus
+
+SELF_INFLICTED_SIGNALS = frozenset(
+    {signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGFPE, signal.SIGILL}
+)
+"""Signals a process brings on itself (a crash), unlike SIGKILL or SIGTERM from outside."""
+
+
+def poison_evidence(status: ExitStatus | None, kind: ExitKind) -> bool:
+    """Does this end say anything about the checkpoint the attempt resumed from?
+
+    A trainer that exits with an error, crashes on a signal of its own, hangs, or says
+    its checkpoint is unreadable does; one killed from outside (the OOM killer, an
+    operator, a preemption without notice) does not.
+    """
+    if kind in (ExitKind.HANG, ExitKind.CHECKPOINT_CORRUPT):
+        return True
+    if status is None:
+        return False
+    if status.signal is not None:
+        return status.signal in SELF_INFLICTED_SIGNALS
+    return status.code not in (None, 0) and status.effective_signal is None
 
 
 class CheckpointMixin(SupervisorState):
@@ -35,16 +57,31 @@ class CheckpointMixin(SupervisorState):
             if past.kind is None or (past.reason or "").startswith(CHAOS_REASON):
                 continue
             resumed = Path(past.resume_from).name if past.resume_from else None
-            self.poison.on_attempt_end(resumed, past.attempt in produced, ExitKind(past.kind))
+            status = ExitStatus(past.exit_code, past.signal) if past.ended_unix else None
+            self.poison.on_attempt_end(
+                resumed,
+                past.attempt in produced,
+                ExitKind(past.kind),
+                evidence=poison_evidence(status, ExitKind(past.kind)),
+            )
 
     def _poison_rule(
-        self, attempt: Trainer, verdict: Classification, decision: Decision
+        self,
+        attempt: Trainer,
+        status: ExitStatus | None,
+        verdict: Classification,
+        decision: Decision,
     ) -> Decision:
         """Crash-loop rollback: quarantine a checkpoint that every resume dies on."""
         if attempt.chaos_killed:
             return decision  # an injected kill says nothing about the checkpoint
         resumed = Path(attempt.resume_from).name if attempt.resume_from else None
-        poison = self.poison.on_attempt_end(resumed, attempt.produced_checkpoint, verdict.kind)
+        poison = self.poison.on_attempt_end(
+            resumed,
+            attempt.produced_checkpoint,
+            verdict.kind,
+            evidence=poison_evidence(status, verdict.kind),
+        )
         if poison.give_up is not None:
             return Decision(Action.GIVE_UP, 0.0, poison.give_up)
         if poison.rollback is None or self.keeper is None:
@@ -112,8 +149,8 @@ class CheckpointMixin(SupervisorState):
                 running_exposure_s=attempt.uptime_s(),
             )
             self.advice.set_interval(decision.interval_s)
-        if valid or not foreign:
-            attempt.produced_checkpoint = True
+        if (valid or not foreign) and event.first_event_s >= attempt.started_s:
+            attempt.produced_checkpoint = True  # written by this attempt, not a previous one
         if foreign and valid and self.config.checkpoint.adopt_foreign:
             run_id, number = self.run_record.run_id if self.run_record else "", attempt.number
             self._scheduler.submit(

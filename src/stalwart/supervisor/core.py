@@ -544,7 +544,7 @@ class Supervisor(
                 spend_budget=not (attempt is not None and attempt.chaos_killed),
             )
             if decision.action is not Action.FINISH and attempt is not None:
-                decision = self._poison_rule(attempt, verdict, decision)
+                decision = self._poison_rule(attempt, status, verdict, decision)
         described = status.describe() if status else "did not start"
         if self.pacer is not None:
             self.advice.set_interval(self.pacer.on_attempt_end(uptime_s, verdict.kind).interval_s)
