@@ -16,6 +16,8 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from stalwart.paths import bind_private_socket
+
 logger = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 64 * 1024
@@ -78,17 +80,8 @@ class Connection:
 class ControlServer:
     def __init__(self, path: Path) -> None:
         self.path = path
-        if len(os.fsencode(path)) >= 100:
-            raise OSError(f"socket path too long for AF_UNIX: {path}")
-        path.unlink(missing_ok=True)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        old_umask = os.umask(0o177)
-        try:
-            self.sock.bind(str(path))
-        finally:
-            os.umask(old_umask)
+        self.sock = bind_private_socket(path, socket.SOCK_STREAM)
         self.sock.listen(8)
-        self.sock.setblocking(False)
         self._uid = os.getuid()
 
     def fileno(self) -> int:

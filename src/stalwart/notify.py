@@ -14,6 +14,8 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stalwart.paths import bind_private_socket
+
 logger = logging.getLogger(__name__)
 
 MAX_DATAGRAM_BYTES = 64 * 1024
@@ -85,16 +87,7 @@ class NotifySocket:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        if len(os.fsencode(path)) >= 100:
-            raise OSError(f"socket path too long for AF_UNIX ({len(str(path))} chars): {path}")
-        path.unlink(missing_ok=True)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-        old_umask = os.umask(0o177)
-        try:
-            self.sock.bind(str(path))
-        finally:
-            os.umask(old_umask)
-        self.sock.setblocking(False)
+        self.sock = bind_private_socket(path, socket.SOCK_DGRAM)
         # The kernel attaches each sender's credentials: other users cannot speak for the trainer.
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMP, 1)

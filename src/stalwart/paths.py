@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -112,3 +113,21 @@ class StateLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def bind_private_socket(path: Path, kind: socket.SocketKind) -> socket.socket:
+    """A unix socket bound at `path` with mode 0600 (no window where others could connect)."""
+    if len(os.fsencode(path)) >= 100:
+        raise OSError(f"socket path too long for AF_UNIX ({len(str(path))} chars): {path}")
+    path.unlink(missing_ok=True)
+    sock = socket.socket(socket.AF_UNIX, kind | socket.SOCK_CLOEXEC)
+    old_umask = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    except OSError:
+        sock.close()
+        raise
+    finally:
+        os.umask(old_umask)
+    sock.setblocking(False)
+    return sock
