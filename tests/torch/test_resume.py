@@ -89,6 +89,19 @@ def wait_until_step(log: Path, attempt: int, more: int) -> None:
     )
 
 
+def resumed_step(log: Path, attempt: int) -> int:
+    found = [r["resumed"] for r in records(log) if r.get("attempt") == attempt and "resumed" in r]
+    return found[-1] if found else 0
+
+
+def newest_committed(ckpt_dir: Path) -> int:
+    """The newest committed step in the directory (0 if none)."""
+    steps = [
+        int(p.name.split("-")[1]) for p in ckpt_dir.glob("step-*") if (p / "MANIFEST.json").exists()
+    ]
+    return max(steps, default=0)
+
+
 def saving(markers: Path, pid: int) -> bool:
     """Whether trainer `pid` is inside a (slowed) checkpoint fsync right now."""
     marker = markers / "saving"
@@ -122,6 +135,19 @@ def test_sigkills_anywhere_resume_bitwise_under_stalwart_run(
                 wait_for(pid_file.exists, RUN_S / 4, f"attempt {attempt} to start")
                 pid = int(pid_file.read_text())
                 if how == "step":
+                    # Only after this attempt has committed a save of its own: under load
+                    # a kill could otherwise land before any new checkpoint exists.
+                    wait_for(
+                        lambda attempt=attempt: last_step(log, attempt) is not None,
+                        RUN_S / 4,
+                        f"attempt {attempt} to train",
+                    )  # by then it has logged where it resumed from
+                    start = resumed_step(log, attempt)
+                    wait_for(
+                        lambda start=start: newest_committed(ckpt_dir) > start,
+                        RUN_S / 4,
+                        f"attempt {attempt} to commit a checkpoint",
+                    )
                     wait_until_step(log, attempt, rng.randint(20, 100))
                 else:
                     wait_for(partial(saving, markers, pid), RUN_S / 4, f"attempt {attempt} to save")
