@@ -346,10 +346,46 @@ def _open(remote: Remote | RemoteConfig) -> Remote:
     return remote if isinstance(remote, Remote) else Remote.from_config(remote)
 
 
-def _failed_to_open(remote: Remote | RemoteConfig, exc: RemoteUnavailable) -> RestoreResult:
+def _failed(remote: Remote | RemoteConfig, error: str) -> RestoreResult:
     url = remote.url if isinstance(remote, Remote) else str(remote.url)
+    return RestoreResult(RestoreOutcome.FAILED, url, None, (), None, error, 0, 0.0)
+
+
+def _failed_to_open(remote: Remote | RemoteConfig, exc: RemoteUnavailable) -> RestoreResult:
     logger.warning("%s; going on with local checkpoints", exc)
-    return RestoreResult(RestoreOutcome.FAILED, url, None, (), None, str(exc), 0, 0.0)
+    return _failed(remote, str(exc))
+
+
+def _listed(
+    remote: Remote | RemoteConfig,
+    local_root: Path,
+    config: RemoteConfig | None,
+    store: CheckpointStore | None,
+    clock: Clock | None,
+    *,
+    by_hand: bool = False,
+) -> tuple[_Restorer, list[RemoteEntry]] | RestoreResult:
+    """Open the remote and list it (with retries): the restorer and the entries, newest
+    first, or the result that says why not. `by_hand` (a pull): no "going on with local
+    checkpoints" in the logs, nothing goes on."""
+    if config is None:
+        config = remote if isinstance(remote, RemoteConfig) else RemoteConfig()
+    try:
+        opened = _open(remote)
+    except RemoteUnavailable as exc:
+        return _failed_to_open(remote, exc)
+    clock = clock or SystemClock()
+    store = store or CheckpointStore(Path(local_root), clock=clock)
+    restorer = _Restorer(opened, Path(local_root), config, store, clock)
+    if by_hand:
+        restorer.fallback = ""
+    try:
+        entries = _attempts(
+            lambda: scan_remote(opened), f"listing {opened.url}", config, restorer._pause
+        )
+    except _Unreachable as exc:
+        return restorer.result(RestoreOutcome.UNREACHABLE, error=str(exc))
+    return restorer, entries
 
 
 def restore_newest(
@@ -364,21 +400,10 @@ def restore_newest(
     """Restore the newest remote checkpoint that verifies, if it is newer than
     `newer_than_step` (the newest intact local one; None: any). Never raises for remote
     trouble: the result says what happened (UNREACHABLE: go on with local checkpoints)."""
-    if config is None:
-        config = remote if isinstance(remote, RemoteConfig) else RemoteConfig()
-    try:
-        opened = _open(remote)
-    except RemoteUnavailable as exc:
-        return _failed_to_open(remote, exc)
-    clock = clock or SystemClock()
-    store = store or CheckpointStore(Path(local_root), clock=clock)
-    restorer = _Restorer(opened, Path(local_root), config, store, clock)
-    try:
-        entries = _attempts(
-            lambda: scan_remote(opened), f"listing {opened.url}", config, restorer._pause
-        )
-    except _Unreachable as exc:
-        return restorer.result(RestoreOutcome.UNREACHABLE, error=str(exc))
+    listed = _listed(remote, local_root, config, store, clock)
+    if isinstance(listed, RestoreResult):
+        return listed
+    restorer, entries = listed
     return restorer.run(entries, newer_than_step=newer_than_step)
 
 
@@ -396,29 +421,18 @@ def pull(
     try:
         wanted = pull_target(name)
     except ValueError as exc:
-        url = remote.url if isinstance(remote, Remote) else str(remote.url)
-        return RestoreResult(RestoreOutcome.FAILED, url, None, (), None, str(exc), 0, 0.0)
+        return _failed(remote, str(exc))
     if wanted is None:
         return restore_newest(remote, local_root, config=config, store=store, clock=clock)
-    if config is None:
-        config = remote if isinstance(remote, RemoteConfig) else RemoteConfig()
-    try:
-        opened = _open(remote)
-    except RemoteUnavailable as exc:
-        return _failed_to_open(remote, exc)
-    clock = clock or SystemClock()
-    store = store or CheckpointStore(Path(local_root), clock=clock)
-    restorer = _Restorer(opened, Path(local_root), config, store, clock)
-    restorer.fallback = ""
-    try:
-        entries = _attempts(
-            lambda: scan_remote(opened), f"listing {opened.url}", config, restorer._pause
-        )
-    except _Unreachable as exc:
-        return restorer.result(RestoreOutcome.UNREACHABLE, error=str(exc))
+    listed = _listed(remote, local_root, config, store, clock, by_hand=True)
+    if isinstance(listed, RestoreResult):
+        return listed
+    restorer, entries = listed
     chosen = [e for e in entries if e.name == wanted]
     if not chosen:
-        return restorer.result(RestoreOutcome.NOTHING, error=f"no {wanted} at {opened.url}")
+        return restorer.result(
+            RestoreOutcome.NOTHING, error=f"no {wanted} at {restorer.remote.url}"
+        )
     if (Path(local_root) / wanted).exists():
         return restorer.result(RestoreOutcome.UP_TO_DATE, error=f"{wanted} is already local")
     return restorer.run(chosen, newer_than_step=None)
