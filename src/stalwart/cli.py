@@ -194,14 +194,20 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_history(args: argparse.Namespace) -> int:
-    state = paths.find_state_dir(args.name, args.state_dir, os.environ)
-    journal_path = state / "journal.sqlite"
+def _job_journal(name: str, state: Path) -> Path:
+    """The journal of an existing job, or a UsageError that says where it was looked for."""
+    journal_path = state / paths.JOURNAL_NAME
     if not journal_path.exists():
         raise UsageError(
-            f"no journal for job {args.name!r} at {journal_path}; "
+            f"no journal for job {name!r} at {journal_path}; "
             "pass the job's --state-dir, or run it first"
         )
+    return journal_path
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    state = paths.find_state_dir(args.name, args.state_dir, os.environ)
+    journal_path = _job_journal(args.name, state)
     with Journal(journal_path) as journal:
         runs = journal.runs(args.name) or journal.runs()
         if not args.all:
@@ -246,12 +252,7 @@ def cmd_control(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             logger.debug("control socket unavailable: %s", exc)
     if snapshot is None:
-        journal_path = state / "journal.sqlite"
-        if not journal_path.exists():
-            raise UsageError(
-                f"no job {args.name!r} here (no journal at {journal_path}); "
-                "pass --state-dir, or the job's name"
-            )
+        journal_path = _job_journal(args.name, state)
         if args.command != "status":
             raise UsageError(f"job {args.name!r} is not running; nothing to {args.command}")
         snapshot = status_view.from_journal(journal_path, args.name)
@@ -285,9 +286,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from stalwart import report
 
     state = paths.find_state_dir(args.name, args.state_dir, os.environ)
-    journal_path = state / "journal.sqlite"
-    if not journal_path.exists():
-        raise UsageError(f"no journal for job {args.name!r} at {journal_path}; pass --state-dir")
+    journal_path = _job_journal(args.name, state)
     now_unix = time.time()
     with Journal(journal_path) as journal:
         attempts = journal.job_attempts(args.name) + [

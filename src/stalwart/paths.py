@@ -10,6 +10,9 @@ from pathlib import Path
 
 from stalwart.errors import AlreadyRunning, UsageError
 
+JOURNAL_NAME = "journal.sqlite"
+"""The journal's file name inside the state directory."""
+
 
 def state_dir(name: str, configured: Path | None, environ: Mapping[str, str]) -> Path:
     """`--state-dir`/config, else systemd's $STATE_DIRECTORY, else ./.stalwart/<name>."""
@@ -37,7 +40,7 @@ def find_state_dir(name: str, configured: Path | None, environ: Mapping[str, str
     if configured is not None or environ.get("STATE_DIRECTORY"):
         return state_dir(name, configured, environ)
     for candidate in (Path.cwd() / ".stalwart" / name, SYSTEM_STATE_ROOT / name):
-        if (candidate / "journal.sqlite").exists():
+        if (candidate / JOURNAL_NAME).exists():
             return candidate
     return state_dir(name, configured, environ)
 

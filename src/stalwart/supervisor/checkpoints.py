@@ -6,6 +6,7 @@ import dataclasses
 import signal
 from pathlib import Path
 
+from stalwart import paths
 from stalwart.checkpoint import FormatStatus, QuarantineReason, WriteKind, WriteObserved
 from stalwart.keeper import RetentionDone
 from stalwart.restart import (
@@ -114,7 +115,7 @@ class CheckpointMixin(SupervisorState):
             return
         self._retention_running = True
         self._retention_again = False
-        journal_path = self.state_dir / "journal.sqlite"
+        journal_path = self.state_dir / paths.JOURNAL_NAME
         # A checkpoint still being uploaded is pinned: pruning it would fail its upload.
         busy = self._mirror.busy_names() if self._mirror is not None else frozenset()
         self._scheduler.submit("retention", lambda: keeper.retain(journal_path, size_bytes, busy))

@@ -82,7 +82,7 @@ class Supervisor(
                 f"cannot create checkpoint dir {self.ckpt_dir}: {exc.strerror or exc}; "
                 "fix `checkpoint.dir`"
             ) from None
-        self.journal = Journal(self.state_dir / "journal.sqlite")
+        self.journal = Journal(self.state_dir / paths.JOURNAL_NAME)
         now_unix = self.clock.wall()
         self.run_record = self.journal.start_run(self.config.name, self.config.command, now_unix)
         interrupted = self.journal.close_interrupted(self.run_record.run_id, now_unix)
