@@ -37,7 +37,7 @@ class SealFailure(Exception):
         self.error = error
 
 
-def _collect(base: Path) -> tuple[list[str], list[str]]:
+def collect_tree(base: Path) -> tuple[list[str], list[str]]:
     """Relative paths of the regular files and the directories under `base`."""
     files: list[str] = []
     dirs: list[str] = []
@@ -65,14 +65,16 @@ def seal(
     ops: FsOps,
     *,
     exclude: frozenset[str] = frozenset(),
+    include: Callable[[str], bool] | None = None,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> Sealed:
     """fsync every file under `base` while computing its digest (two threads, one pass).
 
+    `include` limits it to some of the files (one rank's shards of a sharded checkpoint).
     Raises ValueError for symlinks or special files, SealFailure for I/O errors.
     """
-    files, dirs = _collect(base)
-    files = [f for f in files if f not in exclude]
+    files, dirs = collect_tree(base)
+    files = [f for f in files if f not in exclude and (include is None or include(f))]
     for rel in files:
         problem = path_problem(rel)
         if problem is not None:

@@ -29,13 +29,14 @@ from stalwart.checkpoint.errors import CommitFailed, DiskFull, StepExists
 from stalwart.checkpoint.fsops import FsOps, is_out_of_space
 from stalwart.checkpoint.layout import MANIFEST_NAME, checkpoint_name, staging_name
 from stalwart.checkpoint.manifest import (
+    FileEntry,
     HashAlgo,
     Manifest,
     parse_manifest,
     path_problem,
     render_manifest,
 )
-from stalwart.checkpoint.seal import SealFailure, seal, write_durable
+from stalwart.checkpoint.seal import SealFailure, collect_tree, seal, write_durable
 from stalwart.checkpoint.verify import DEFAULT_CHUNK_BYTES
 from stalwart.clock import Clock, SystemClock
 
@@ -144,6 +145,19 @@ class Transaction:
         self._require_open()
         try:
             committed = self.store.finish(self.dir, self.step, self.meta, staging_owned=True)
+        except BaseException:
+            self.state = TxState.ABORTED
+            raise
+        self.state = TxState.COMMITTED
+        self.committed = committed
+        return committed
+
+    def commit_sealed(self, files: Iterable[FileEntry]) -> Committed:
+        """Commit files that their writers already made durable and hashed (the ranks of a
+        sharded save, each sealing its own shards); see CheckpointStore.finish_sealed."""
+        self._require_open()
+        try:
+            committed = self.store.finish_sealed(self.dir, self.step, self.meta, files)
         except BaseException:
             self.state = TxState.ABORTED
             raise
@@ -319,6 +333,43 @@ class CheckpointStore:
             return manifest, render_manifest(manifest), sealed.dirs
 
         return self._commit(base, step, describe, staging_owned=staging_owned)
+
+    def finish_sealed(
+        self, base: Path, step: int, meta: dict[str, Any], files: Iterable[FileEntry]
+    ) -> Committed:
+        """Commit the staging directory `base` whose files were fsynced and hashed by their
+        writers (`files`). The listing must match the directory exactly: a file nobody
+        sealed, or a sealed one missing or of another size, fails the commit. `base` is
+        removed on failure.
+        """
+        entries = tuple(sorted(files, key=lambda entry: entry.path))
+
+        def describe() -> tuple[Manifest, bytes, tuple[str, ...]]:
+            on_disk, dirs = collect_tree(base)
+            listed = {entry.path for entry in entries}
+            present = set(on_disk) - {MANIFEST_NAME}
+            if len(listed) != len(entries):
+                raise ValueError("a file was sealed twice")
+            if present != listed:
+                unsealed = sorted(present - listed)
+                missing = sorted(listed - present)
+                raise ValueError(f"files not sealed: {unsealed}; sealed but missing: {missing}")
+            for entry in entries:
+                size = os.lstat(base / entry.path).st_size
+                if size != entry.size_bytes:
+                    raise ValueError(f"{entry.path}: {size} bytes, sealed as {entry.size_bytes}")
+            manifest = Manifest(
+                step=step,
+                created_unix=self.clock.wall(),
+                run_id=self.run_id,
+                attempt=self.attempt,
+                hash=self.hash_algo,
+                files=entries,
+                meta=meta,
+            )
+            return manifest, render_manifest(manifest), tuple(dirs)
+
+        return self._commit(base, step, describe, staging_owned=True)
 
     def finish_copy(self, base: Path, step: int, raw_manifest: bytes) -> Committed:
         """Commit `base`, a staging directory of this store holding the files of a checkpoint

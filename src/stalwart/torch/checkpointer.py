@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
+import torch.distributed as dist
 
 from stalwart.checkpoint import (
     CheckpointStore,
@@ -40,6 +41,7 @@ from stalwart.checkpoint import (
 )
 from stalwart.client import Client
 from stalwart.torch import rng
+from stalwart.torch import sharded as sharded_mod
 from stalwart.torch.background import Background
 from stalwart.torch.errors import StateMismatch
 from stalwart.torch.files import (
@@ -143,6 +145,7 @@ class Checkpointer:
         exit_signals: Iterable[int] = (signal.SIGTERM,),
         map_location: str | torch.device = "cpu",
         strict: bool = True,
+        sharded: bool | None = None,
         environ: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -164,6 +167,10 @@ class Checkpointer:
         map_location: where restored tensors are loaded first; they then go to the device
             of the parameter they are loaded into.
         strict: restore refuses model keys missing from, or unexpected in, the checkpoint.
+        sharded: save the model and optimizer with torch.distributed.checkpoint, each rank
+            its shards, committed as one checkpoint (default: when torch.distributed is
+            initialized with more than one rank). Every rank then calls every method at
+            the same step; the ranks agree when to save, when to exit and where to resume.
         """
         env = os.environ if environ is None else environ
         self.model = model
@@ -183,6 +190,10 @@ class Checkpointer:
         for name, component in self.components.items():
             if not isinstance(component, Stateful):
                 raise TypeError(f"{name}: has no state_dict()/load_state_dict()")
+        if sharded is None:
+            sharded = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        self._ranks = sharded_mod.Ranks() if sharded else None
+        self._local_rank = int(env.get("LOCAL_RANK", "0") or 0)
         self.store = _resolve_store(store, ckpt_dir, env)
         self._owns_client = client is None
         self.client = client if client is not None else Client(env)
@@ -230,11 +241,15 @@ class Checkpointer:
             return True
         self._collect(wait=False)
         self.client.step(step)
-        if self._signals.exit_signal is not None or self.client.drain:
+        leave = self._signals.exit_signal is not None or self.client.drain
+        asked = self._signals.take_save_request()
+        due = asked or (not self._background.pending and self._due(step))
+        if self._ranks is not None:
+            leave, due = self._ranks.any(leave, due)  # one rank asked: every rank does it
+        if leave:
             self._drain(step)
             return True
-        asked = self._signals.take_save_request()
-        if asked or (not self._background.pending and self._due(step)):
+        if due:
             self.save(step)
         return False
 
@@ -248,6 +263,8 @@ class Checkpointer:
             signal.Signals(self._signals.exit_signal).name
             if self._signals.exit_signal is not None
             else "drain requested by the supervisor"
+            if self.client.drain
+            else "another rank is leaving"
         )
         logger.info("%s at step %d: saving, then exiting", why, step)
         self._collect(wait=True)
@@ -264,7 +281,10 @@ class Checkpointer:
             if wait:
                 self._collect(wait=True)
             return False
-        if self._background.pending:
+        busy = self._background.pending
+        if self._ranks is not None:
+            (busy,) = self._ranks.any(busy)
+        if busy:
             if self.busy is Busy.SKIP and not wait:
                 logger.info(
                     "checkpoint of step %d skipped: step %s is still being written",
@@ -273,8 +293,11 @@ class Checkpointer:
                 )
                 return False
             self._collect(wait=True)
-        tx = self.store.begin(step, meta={"format": f"{FORMAT_NAME}/{FORMAT}"})
         in_background = self.async_save and not wait
+        if self._ranks is not None:
+            self._save_sharded(self._ranks, step, started_s, background=in_background)
+            return True
+        tx = self.store.begin(step, meta={"format": f"{FORMAT_NAME}/{FORMAT}"})
         try:
             plan = self._plan(step, copy=in_background)
         except BaseException:
@@ -288,6 +311,50 @@ class Checkpointer:
         else:
             self._report(self._persist(tx, plan, started_s, None))
         return True
+
+    def _save_sharded(
+        self, ranks: sharded_mod.Ranks, step: int, started_s: float, *, background: bool
+    ) -> None:
+        shards = sharded_mod.dcp_state(self.model, self._dcp_optimizer())
+        own = sharded_mod.capture_rank_state(step, self._rank_state(), copy=background)
+        self.client.checkpoint_begin(step)
+        meta = {
+            "format": f"{sharded_mod.FORMAT_NAME}/{sharded_mod.FORMAT}",
+            "world_size": ranks.world_size,
+        }
+        save = sharded_mod.start_save(
+            ranks, self.store, step, meta=meta, shards=shards, own=own, background=background
+        )
+
+        def complete(stall_s: float | None) -> SaveOutcome:
+            committed = save.complete()
+            persist_s = self._clock() - started_s
+            stall = persist_s if stall_s is None else stall_s
+            return SaveOutcome(step, committed, stall_s=stall, persist_s=persist_s)
+
+        if background:
+            stall_s = self._clock() - started_s
+            self._background.start(lambda: complete(stall_s))
+            self._requested_step = step
+        else:
+            self._report(complete(None))
+
+    def _dcp_optimizer(self) -> torch.optim.Optimizer | None:
+        """The optimizer DCP saves with the model (sharded like it); None: none, or not a
+        torch optimizer (then it is saved with each rank's own state)."""
+        optimizer = self.components.get("optimizer")
+        return optimizer if isinstance(optimizer, torch.optim.Optimizer) else None
+
+    def _rank_state(self) -> dict[str, Any]:
+        """What a sharded save keeps per rank: everything but the model and DCP's optimizer."""
+        dcp_optimizer = self._dcp_optimizer()
+        state = {
+            name: obj.state_dict()
+            for name, obj in self.components.items()
+            if obj is not dcp_optimizer
+        }
+        state["rng"] = rng.capture()
+        return state
 
     def _plan(self, step: int, *, copy: bool) -> SavePlan:
         model_flat = flatten(self.model.state_dict())
@@ -332,6 +399,8 @@ class Checkpointer:
         self.last_saved = outcome
         self._requested_step = self._durable_step = outcome.step
         self._last_durable_s = self._clock()
+        if self._ranks is not None and self._local_rank != 0:
+            return  # one report per node: its supervisor records the save once
         self.client.saved(
             outcome.step,
             stall_s=outcome.stall_s,
@@ -373,8 +442,15 @@ class Checkpointer:
         """
         self._collect(wait=True)
         source = self._source(path)
+        if self._ranks is not None and self.client.supervised:
+            source = sharded_mod.agree_on_resume(self._ranks, source)
+        elif self._ranks is not None:
+            chosen = self._ranks.from_rank0(None if source is None else str(source))
+            source = None if chosen is None else Path(chosen)
         if source is None:
             return 0
+        if sharded_mod.is_sharded(source):
+            return self._restore_sharded(source)
         loaded = read_checkpoint(source, map_location=self.map_location)
         self._check(loaded)
         self.model.load_state_dict(loaded.model, strict=self.strict)
@@ -385,6 +461,24 @@ class Checkpointer:
         self.restored_from = source
         logger.info("restored step %d from %s", loaded.step, source)
         return loaded.step
+
+    def _restore_sharded(self, source: Path) -> int:
+        optimizer = self._dcp_optimizer()
+        sharded_mod.load_shards(source, self._ranks, self.model, optimizer)
+        rank = self._ranks.rank if self._ranks is not None else 0
+        step, state = sharded_mod.read_rank_state(source, rank)
+        wanted = [name for name, obj in self.components.items() if obj is not optimizer]
+        absent = [name for name in (*wanted, "rng") if name not in state]
+        if absent:
+            problems = [f"{name}: not in the checkpoint" for name in absent]
+            raise StateMismatch(source.name, components=problems)
+        for name in wanted:
+            self.components[name].load_state_dict(state[name])
+        rng.restore(state["rng"])
+        self._requested_step = self._durable_step = step
+        self.restored_from = source
+        logger.info("restored step %d from %s (sharded)", step, source)
+        return step
 
     def _source(self, path: str | os.PathLike[str] | None) -> Path | None:
         if path is not None:
@@ -397,6 +491,8 @@ class Checkpointer:
             return Path(self.client.resume_from)  # verified by the supervisor
         if self.client.supervised:
             return None  # the supervisor found nothing to resume from
+        if self._ranks is not None and self._ranks.rank != 0:
+            return None  # rank 0 looks, and tells the others
         decision = prepare_resume(self.store.root)
         return decision.resume_from.path if decision.resume_from is not None else None
 
