@@ -21,7 +21,11 @@ from stalwart.checkpoint import (
     scan,
     verify_checkpoint,
 )
+from stalwart.checkpoint.fsops import FsOps
 from stalwart.checkpoint.layout import MANIFEST_NAME
+from stalwart.checkpoint.manifest import FileEntry
+from stalwart.checkpoint.seal import seal
+from stalwart.checkpoint.store import Transaction
 from stalwart.clock import FakeClock
 from tests.checkpoint.helpers import kill_at, save
 
@@ -122,6 +126,45 @@ def test_commit_directory_failure_leaves_source(tmp_path: Path) -> None:
     with pytest.raises(StepExists):
         CheckpointStore(tmp_path / "ck").commit_directory(src, 3)
     assert sorted(p.name for p in src.iterdir()) == ["a"]
+
+
+def _sealed_by_writers(tx: Transaction, files: dict[str, bytes]) -> list[FileEntry]:
+    """Write `files` and seal each as its writer (one rank of a sharded save) would."""
+    for relpath, data in files.items():
+        tx.write_bytes(relpath, data)
+    return [
+        entry
+        for relpath in files
+        for entry in seal(tx.dir, HashAlgo.XXH3_128, FsOps(), include={relpath}.__contains__).files
+    ]
+
+
+def test_commit_sealed_covers_what_every_writer_sealed(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path)
+    tx = store.begin(7)
+    entries = _sealed_by_writers(tx, {".metadata": b"index", "__0_0.distcp": b"a", "r/1": b"bb"})
+    committed = tx.commit_sealed(entries)
+    assert sorted(e.path for e in committed.manifest.files) == [".metadata", "__0_0.distcp", "r/1"]
+    assert verify_checkpoint(committed.path, VerifyLevel.FULL).intact
+
+
+@pytest.mark.parametrize("flaw", ["unsealed", "missing", "resized"])
+def test_commit_sealed_refuses_a_listing_that_is_not_the_directory(
+    tmp_path: Path, flaw: str
+) -> None:
+    store = CheckpointStore(tmp_path)
+    tx = store.begin(7)
+    entries = _sealed_by_writers(tx, {"__0_0.distcp": b"a", "__1_0.distcp": b"b"})
+    if flaw == "unsealed":
+        tx.write_bytes("__2_0.distcp", b"nobody sealed this")
+    elif flaw == "missing":
+        os.unlink(tx.dir / "__1_0.distcp")
+    else:
+        (tx.dir / "__1_0.distcp").write_bytes(b"longer now")
+    with pytest.raises(CommitFailed):
+        tx.commit_sealed(entries)
+    assert not (tmp_path / "step-000000007").exists()
+    assert not list(tmp_path.glob(".staging-*"))
 
 
 def test_stage_hooks_run_in_commit_order(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import logging
 import pickle
+import warnings
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -343,7 +344,10 @@ def load_shards(
     number of ranks, one included, as far as DCP can reshard the model's tensors)."""
     state = dcp_state(model, optimizer)
     if ranks is None:
-        dcp_load(state, checkpoint_id=path, no_dist=True)
+        with warnings.catch_warnings():
+            # DCP warns that it loads in one process even when asked to.
+            warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+            dcp_load(state, checkpoint_id=path, no_dist=True)
     else:
         dcp_load(state, checkpoint_id=path, process_group=ranks.steps)
     if optimizer is None:
