@@ -64,6 +64,7 @@ def main() -> int:
     parser.add_argument("--every-s", type=float, default=None, help="without a supervisor")
     parser.add_argument("--step-s", type=float, default=0.0)
     parser.add_argument("--sync", action="store_true", help="synchronous saves")
+    parser.add_argument("--digest-at", type=int, action="append", default=[])
     args = parser.parse_args()
 
     dist.init_process_group("gloo")
@@ -97,6 +98,8 @@ def main() -> int:
             loss.backward()
             optimizer.step()
             step += 1
+            if step in args.digest_at:
+                record(event="digest", step=step, digest=digest(model, optimizer))
             if args.step_s:
                 time.sleep(args.step_s)
             if checkpointer.step_end(step):

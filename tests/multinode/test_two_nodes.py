@@ -1,0 +1,170 @@
+"""Two "nodes" on this machine: two supervisors, each running torchrun with --nnodes=2
+--nproc-per-node=1 and a c10d rendezvous on 127.0.0.1, over one shared checkpoint
+directory. One rank is SIGKILLed; both sides recover and resume from the same checkpoint,
+and the final state equals an uninterrupted run's bit for bit. A truncated shard makes
+the newest checkpoint not intact on every node, and both resume from the one before."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from stalwart.checkpoint.layout import parse_step
+from tests.conftest import wait_for
+from tests.supervised import environment, records, stalwart_argv
+
+TRAINER = Path(__file__).parents[1] / "trainers" / "ddp_train.py"
+STEPS, MORE_STEPS = 60, 80
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def runtime_dirs() -> Iterator[tuple[Path, Path]]:
+    made = [Path(tempfile.mkdtemp(prefix="sw-rt-", dir="/tmp")) for _ in range(2)]
+    yield made[0], made[1]
+    for path in made:
+        subprocess.run(["rm", "-rf", str(path)], check=False)
+
+
+def node_config(tmp_path: Path, node: int, port: int, steps: int) -> Path:
+    out = tmp_path / "out"
+    trainer = [str(TRAINER), "--steps", str(steps), "--out", str(out), "--step-s", "0.05"]
+    config = {
+        "name": "two-nodes",
+        "command": [sys.executable, *trainer, "--digest-at", str(STEPS)],
+        "state_dir": str(tmp_path / f"node{node}"),
+        "env": {"OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path / "scratch")},
+        "checkpoint": {
+            "dir": str(tmp_path / "ckpt"),
+            "keep_last": 4,
+            "interval": {"mode": "fixed", "fixed_interval_s": 0.4, "min_interval_s": 0.1},
+        },
+        "restart": {"backoff_initial_s": 0.2, "backoff_max_s": 0.5},
+        "launcher": {
+            "kind": "torchrun",
+            "nnodes": 2,
+            "nproc_per_node": 1,
+            "rdzv_endpoint": f"127.0.0.1:{port}",
+            "node_rank": node,
+        },
+    }
+    path = tmp_path / f"node{node}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def start_nodes(
+    tmp_path: Path, runtime_dirs: tuple[Path, Path], steps: int
+) -> list[subprocess.Popen[str]]:
+    port = free_port()
+    (tmp_path / "scratch").mkdir(exist_ok=True)
+    nodes = []
+    for node, runtime in enumerate(runtime_dirs):
+        env = environment(runtime)
+        env["TMPDIR"] = str(tmp_path / "scratch")
+        nodes.append(
+            subprocess.Popen(
+                stalwart_argv("run", str(node_config(tmp_path, node, port, steps))),
+                cwd=tmp_path,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    return nodes
+
+
+def finish(nodes: list[subprocess.Popen[str]], timeout_s: float) -> list[str]:
+    outputs = []
+    try:
+        for node in nodes:
+            output, _ = node.communicate(timeout=timeout_s)
+            outputs.append(output)
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                node.send_signal(signal.SIGINT)
+                node.communicate(timeout=30)
+    for node, output in zip(nodes, outputs, strict=True):
+        assert node.returncode == 0, output[-4000:]
+    return outputs
+
+
+def rank_records(out: Path) -> list[dict[str, Any]]:
+    return [r for rank in (0, 1) for r in records(out / f"rank-{rank}.jsonl")]
+
+
+def checkpoints(root: Path) -> list[Path]:
+    return sorted(root.glob("step-*"), key=lambda p: parse_step(p.name) or -1, reverse=True)
+
+
+def uninterrupted(tmp_path: Path) -> dict[int, str]:
+    """The digest at STEPS and MORE_STEPS of a run nothing interrupts (no supervisor)."""
+    out = tmp_path / "baseline"
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1"]
+    argv += ["--nproc-per-node=2", str(TRAINER), "--steps", str(MORE_STEPS), "--out", str(out)]
+    argv += ["--digest-at", str(STEPS), "--ckpt-dir", str(tmp_path / "baseline-ckpt")]
+    env = {**os.environ, "TMPDIR": str(tmp_path / "scratch"), "OMP_NUM_THREADS": "1"}
+    (tmp_path / "scratch").mkdir(exist_ok=True)
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=90, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    digests: dict[int, set[str]] = {}
+    for r in rank_records(out):
+        if r["event"] in ("digest", "final"):
+            digests.setdefault(int(r["step"]), set()).add(str(r["digest"]))
+    assert all(len(found) == 1 for found in digests.values())  # the replicas agree
+    return {step: found.pop() for step, found in digests.items()}
+
+
+@pytest.mark.timeout(420)
+def test_two_nodes_recover_from_a_killed_rank_and_a_truncated_shard(
+    tmp_path: Path, runtime_dirs: tuple[Path, Path]
+) -> None:
+    expected = uninterrupted(tmp_path)
+    out, ckpt = tmp_path / "out", tmp_path / "ckpt"
+
+    nodes = start_nodes(tmp_path, runtime_dirs, STEPS)
+    wait_for(lambda: len(checkpoints(ckpt)) >= 2, 120, "two sharded checkpoints")
+    victim = max(r["pid"] for r in records(out / "rank-1.jsonl") if r["event"] == "start")
+    os.kill(victim, signal.SIGKILL)
+    finish(nodes, timeout_s=240)
+
+    # Every rank started again after the kill, and both nodes resumed the same checkpoint.
+    starts = {
+        rank: [r for r in records(out / f"rank-{rank}.jsonl") if r["event"] == "start"]
+        for rank in (0, 1)
+    }
+    assert all(len(found) >= 2 and found[0]["resumed_from"] is None for found in starts.values())
+    resumed = {found[1]["resumed_from"] for found in starts.values()}
+    assert len(resumed) == 1 and None not in resumed, starts
+    finals = {r["digest"] for r in rank_records(out) if r["event"] == "final"}
+    assert finals == {expected[STEPS]}
+
+    # A truncated shard: the newest checkpoint is not intact on any node.
+    newest, previous = checkpoints(ckpt)[:2]
+    shard = next(newest.glob("__*_0.distcp"))
+    os.truncate(shard, shard.stat().st_size // 2)
+    for log in out.glob("rank-*.jsonl"):
+        log.unlink()
+    finish(start_nodes(tmp_path, runtime_dirs, MORE_STEPS), timeout_s=180)
+    again = [r for r in rank_records(out) if r["event"] == "start"]
+    assert {r["resumed_from"] for r in again} == {previous.name}, again
+    finals = {r["digest"] for r in rank_records(out) if r["event"] == "final"}
+    assert finals == {expected[MORE_STEPS]}
+    assert any((ckpt / ".quarantine").glob(f"{newest.name}-*"))
