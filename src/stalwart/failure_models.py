@@ -1,9 +1,13 @@
 """Failure processes for the simulator: failure times in wall seconds from a job's start.
 
 Poisson (constant rate); Weibull renewal (shape < 1: failures cluster, as
-measured on real clusters); a rate that steps or ramps mid-run; and a recorded
-trace of failure times replayed cyclically. Each also says its true MTBF at any
-moment, which is what the simulator's oracle is allowed to know.
+measured on real clusters); a rate that steps or ramps mid-run; a recorded
+trace of failure times replayed cyclically; and a cluster of nodes failing
+independently, any one of which interrupts the whole job. Each also says its
+true MTBF at any moment, which is what the simulator's oracle is allowed to know.
+
+`PublishedInterruptions` holds a published interruption count, from which the
+cluster, GPU and node MTBF follow; `LLAMA3_405B` is Meta's for Llama 3.
 """
 
 from __future__ import annotations
@@ -53,6 +57,84 @@ class PoissonFailures(FailureProcess):
 
     def mtbf_at_s(self, now_s: float) -> float:
         return self.mtbf_s
+
+
+def cluster_mtbf_s(node_mtbf_s: float, nodes: int) -> float:
+    """The MTBF of a job that a failure of any one of `nodes` independent nodes interrupts.
+
+    The failure rates add: N nodes of MTBF M fail together at rate N / M.
+    """
+    _check_mtbf("node_mtbf_s", node_mtbf_s)
+    if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
+        raise ValueError(f"nodes must be a whole number >= 1, got {nodes!r}")
+    return node_mtbf_s / nodes
+
+
+@dataclass(frozen=True)
+class ClusterFailures(FailureProcess):
+    """`nodes` nodes, each failing as a Poisson process of mean `node_mtbf_s`, independently;
+    any failure interrupts the whole job (synchronous training). The superposition of
+    independent Poisson processes is Poisson at the summed rate, drawn as such."""
+
+    node_mtbf_s: float
+    nodes: int
+
+    def __post_init__(self) -> None:
+        cluster_mtbf_s(self.node_mtbf_s, self.nodes)
+
+    @property
+    def mtbf_s(self) -> float:
+        """The cluster's MTBF: node MTBF / nodes."""
+        return cluster_mtbf_s(self.node_mtbf_s, self.nodes)
+
+    def times(self, rng: random.Random) -> Iterator[float]:
+        return PoissonFailures(self.mtbf_s).times(rng)
+
+    def mtbf_at_s(self, now_s: float) -> float:
+        return self.mtbf_s
+
+
+@dataclass(frozen=True)
+class PublishedInterruptions:
+    """A published count of job interruptions on a cluster over a period, and its source."""
+
+    interruptions: int
+    days: float
+    gpus: int
+    gpus_per_node: int
+    source: str
+    """Who reported it, where."""
+    note: str = ""
+    """What the count includes."""
+
+    @property
+    def cluster_mtbf_s(self) -> float:
+        return self.days * 86400.0 / self.interruptions
+
+    @property
+    def gpu_mtbf_s(self) -> float:
+        """Per GPU: the cluster's rate shared out evenly over its GPUs."""
+        return self.cluster_mtbf_s * self.gpus
+
+    @property
+    def nodes(self) -> int:
+        return self.gpus // self.gpus_per_node
+
+    @property
+    def node_mtbf_s(self) -> float:
+        return self.cluster_mtbf_s * self.nodes
+
+
+LLAMA3_405B = PublishedInterruptions(
+    interruptions=466,
+    days=54.0,
+    gpus=16_384,
+    gpus_per_node=8,
+    source='Meta, "The Llama 3 Herd of Models" (2024, arXiv:2407.21783)',
+    note="419 unexpected, about 78% of them hardware, and 47 planned; H100s, 8 per server",
+)
+"""Llama 3 405B pre-training: one interruption every 2.78 h on 2,048 nodes. All 466
+count: a planned interruption stops the job as well (unexpected ones only: 3.09 h)."""
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,15 @@
 """`stalwart simulate`: replay failures against checkpoint-interval strategies, print
 the waste of each and its ratio to the oracle's, and optionally plot it.
 
+With `--nodes` (and `--node-mtbf-h`) or `--scenario llama3` it prints instead how
+the interval and the waste change with cluster size: N nodes failing independently,
+any one interrupting the job, give a cluster MTBF of node MTBF / N, so Daly's
+interval shrinks as 1/sqrt(N) and the waste grows as sqrt(N) (while C << MTBF).
+Per cluster size: the cluster MTBF, Daly's interval, the waste at it and at fixed
+intervals (Daly's exact model, and simulated where cheap), and the fixed interval
+of least simulated waste. `--scenario llama3` takes the failure rate Meta reported
+for Llama 3 405B pre-training and says where each figure comes from.
+
 The engine is `stalwart.simulation`; the failure processes `stalwart.failure_models`.
 The plot needs matplotlib (the optional extra `stalwart[plot]`), imported only then.
 """
@@ -11,23 +20,32 @@ import argparse
 import importlib
 import math
 import sys
+import textwrap
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from stalwart.failure_models import (
+    LLAMA3_405B,
     DriftFailures,
     FailureProcess,
     PoissonFailures,
+    PublishedInterruptions,
     TraceFailures,
     WeibullFailures,
     load_trace,
 )
-from stalwart.interval import IntervalConfig
+from stalwart.interval import IntervalConfig, daly_interval_s, expected_waste_fraction
 from stalwart.simulation import (
+    SEARCH_FACTORS,
+    ClusterSize,
+    ClusterStudy,
     Scenario,
     SimulationResult,
+    WasteEstimate,
     default_strategies,
     lost_and_checkpoint,
+    scale,
     simulate,
     total,
 )
@@ -35,6 +53,35 @@ from stalwart.simulation import (
 # --- the command line -----------------------------------------------------------------
 
 HOUR_S = 3600.0
+DEFAULT_MTBF_H = 8.0
+DEFAULT_CKPT_S = 120.0
+DEFAULT_RESTART_S = 600.0
+WIDTH = 100
+"""Where the cluster table's prose wraps."""
+CLUSTER_FIXED_MIN = (30.0,)
+"""The fixed interval the cluster table contrasts with Daly's unless --fixed-min says."""
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A built-in cluster for --scenario: a published failure rate and an assumed save cost."""
+
+    title: str
+    failures: PublishedInterruptions
+    ckpt_s: float
+    ckpt_basis: str
+    """Why this save cost."""
+
+
+PRESETS = {
+    "llama3": Preset(
+        title="Llama 3 405B pre-training",
+        failures=LLAMA3_405B,
+        ckpt_s=30.0,
+        ckpt_basis="assumed: the report gives no save time; 16,384 GPUs x at most 4 GB of "
+        "state each at the storage's 2 TB/s sustained write is <= 33 s",
+    )
+}
 
 
 def _minutes_list(text: str) -> list[float]:
@@ -58,16 +105,31 @@ def _nonnegative(text: str) -> float:
     return value
 
 
+def _node_counts(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.replace(",", " ").split()]
+    except ValueError:
+        values = []
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(
+            f"expected whole numbers of nodes >= 1, e.g. '64' or '1,8,64', got {text!r}"
+        )
+    return sorted(set(values))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stalwart simulate",
         description="Replay failures against checkpoint-interval strategies and compare "
-        "their waste (lost work + save time + restart time) with the oracle's.",
+        "their waste (lost work + save time + restart time) with the oracle's. With --nodes "
+        "or --scenario: how the optimal interval and the waste change with cluster size.",
     )
     parser.add_argument(
         "--failures", choices=["poisson", "weibull", "drift", "trace"], default="poisson"
     )
-    parser.add_argument("--mtbf-h", type=_positive, default=8.0, help="mean time between failures")
+    parser.add_argument(
+        "--mtbf-h", type=_positive, help=f"mean time between failures (default {DEFAULT_MTBF_H:g})"
+    )
     parser.add_argument("--shape", type=_positive, default=0.6, help="Weibull shape (< 1: bursty)")
     parser.add_argument(
         "--mtbf-after-h", type=_positive, help="drift: MTBF after the change (default MTBF / 8)"
@@ -77,11 +139,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--ramp-h", type=_nonnegative, default=0.0, help="drift: 0 is a step")
     parser.add_argument("--trace", type=Path, help="file of failure times, seconds, one per line")
-    parser.add_argument("--ckpt-cost-s", type=_positive, default=120.0, help="save cost C")
+    parser.add_argument(
+        "--ckpt-cost-s",
+        type=_positive,
+        help=f"save cost C (default {DEFAULT_CKPT_S:g}; --scenario llama3: "
+        f"{PRESETS['llama3'].ckpt_s:g})",
+    )
     parser.add_argument(
         "--ckpt-jitter", type=_nonnegative, default=0.0, help="log-normal sigma on each save cost"
     )
-    parser.add_argument("--restart-cost-s", type=_nonnegative, default=600.0, help="restart R")
+    parser.add_argument(
+        "--restart-cost-s", type=_nonnegative, help=f"restart R (default {DEFAULT_RESTART_S:g})"
+    )
     parser.add_argument("--work-h", type=_positive, default=168.0, help="compute the job needs")
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
@@ -89,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--fixed-min",
         type=_minutes_list,
         action="extend",
-        help="fixed intervals to compare, minutes, e.g. '5,15,30' (default 5 15 30 60 120)",
+        help="fixed intervals to compare, minutes, e.g. '5,15,30' (default 5 15 30 60 120; "
+        "with --nodes: 30)",
     )
     parser.add_argument(
         "--prior-mtbf-h", type=_positive, help="adaptive: prior MTBF (default: IntervalConfig's)"
@@ -98,6 +168,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--half-life-h", type=_positive, help="adaptive: forgetting half-life of run time"
     )
     parser.add_argument("--plot", type=Path, metavar="OUT.png", help="draw the result (matplotlib)")
+    cluster = parser.add_argument_group(
+        "cluster size",
+        "N nodes failing independently (Poisson), any one failure interrupting the whole job: "
+        "the cluster MTBF is node MTBF / N. Prints per cluster size the cluster MTBF, Daly's "
+        "interval, and the waste at it and at --fixed-min (default 30 min), analytic and "
+        "simulated. Uses --ckpt-cost-s, --restart-cost-s, --work-h, --runs, --seed.",
+    )
+    cluster.add_argument(
+        "--nodes",
+        type=_node_counts,
+        metavar="N[,N...]",
+        help="cluster sizes, e.g. '1,8,64,512,2048'; one N: seven sizes N x 4^k around it",
+    )
+    cluster.add_argument("--node-mtbf-h", type=_positive, help="each node's MTBF, hours")
+    cluster.add_argument(
+        "--scenario",
+        choices=sorted(PRESETS),
+        help="llama3: Meta's Llama 3 405B run, 466 interruptions in 54 days on 16,384 GPUs "
+        "(2,048 nodes of 8): sets the node MTBF, the nodes (unless --nodes) and C (unless "
+        "--ckpt-cost-s)",
+    )
     return parser
 
 
@@ -112,6 +203,13 @@ def _process(args: argparse.Namespace) -> FailureProcess:
     if args.failures == "trace":
         return load_trace(args.trace)
     return PoissonFailures(mtbf_s)
+
+
+def node_sweep(nodes: int) -> list[int]:
+    """Seven cluster sizes, N x 4^k (rounded), from the lowest that stays >= 1 (at most
+    N / 4^5) to 4N: the interval halves, and the waste doubles, from one to the next."""
+    low = -min(5, math.floor(math.log(nodes, 4) + 1e-9))
+    return sorted({max(1, round(nodes * 4.0**k)) for k in range(low, low + 7)})
 
 
 def describe(process: FailureProcess) -> str:
@@ -202,14 +300,215 @@ def plot(result: SimulationResult, path: Path, baseline: str = "oracle") -> None
     plt.close(figure)
 
 
+# --- cluster size ---------------------------------------------------------------------
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value
+
+
+def _duration(value_s: float) -> str:
+    hours = value_s / HOUR_S
+    if hours >= 100:
+        return f"{hours:,.0f} h"
+    if hours >= 2:
+        return f"{hours:.3g} h"
+    return f"{value_s / 60:.3g} min" if value_s >= 120 else f"{value_s:.3g} s"
+
+
+def _percent(value: float) -> str:
+    # Past 100x the work in wall time the simulator cuts a run off too.
+    return f"{100 * value:.2f}%" if value < 99 else "no progress"
+
+
+def _simulated(estimate: WasteEstimate | None) -> str:
+    if estimate is None:
+        return "-"
+    return f"{100 * estimate.fraction:.2f}±{100 * estimate.stderr:.2f}%"
+
+
+def format_cluster_table(
+    study: ClusterStudy, sizes: Sequence[ClusterSize], marked: int | None = None
+) -> str:
+    """One row per cluster size: MTBF, Daly's interval, the waste at it and at fixed ones."""
+    lines = textwrap.wrap(
+        f"Nodes failing independently (Poisson), node MTBF {_duration(study.node_mtbf_s)}, "
+        "any failure interrupting the job: cluster MTBF = node MTBF / nodes. "
+        f"C = {study.ckpt_s:g} s, R = {study.restart_s:g} s. Waste = (lost work + saving + "
+        "restarting) / work: analytic (Daly's exact model) and simulated "
+        f"({study.runs} runs of {study.work_s / HOUR_S:g} h, seed {study.seed}; mean ± "
+        "standard error).",
+        width=WIDTH,
+    )
+    # Column headers: (label over the columns, their count), then one label per column.
+    top = [("", 1), ("cluster", 1), ("failures", 1), ("Daly", 1), ("waste at Daly", 2)]
+    top += [("best", 1)] + [(f"fixed {s / 60:g} min", 2) for s in study.fixed_s]
+    bottom = ["nodes", "MTBF", "per day", "interval", "analytic", "simulated", "simulated"]
+    bottom += ["analytic", "simulated"] * len(study.fixed_s)
+    widths = [10, 10, 9, 10, 11, 13, 10] + [11, 13] * len(study.fixed_s)
+    cells, column = [], 0
+    for label, span in top:
+        width = sum(widths[column : column + span]) + span - 1
+        cells.append(label.center(width) if span > 1 else label.rjust(width))
+        column += span
+    rows = [bottom]
+    for size in sizes:
+        row = [
+            f"{size.nodes:,}{'*' if size.nodes == marked else ' '}",
+            _duration(size.mtbf_s),
+            f"{86400 / size.mtbf_s:.3g}",
+            _duration(size.daly_s),
+            _percent(size.waste),
+            _simulated(size.simulated),
+            _duration(size.best_simulated_s) if size.best_simulated_s is not None else "-",
+        ]
+        simulated_fixed = size.simulated_fixed or (None,) * len(study.fixed_s)
+        for waste, estimate in zip(size.fixed_waste, simulated_fixed, strict=True):
+            row += [_percent(waste), _simulated(estimate)]
+        rows.append(row)
+    lines.append(" ".join(cells).rstrip())
+    lines += [" ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    notes = [
+        "best simulated: the fixed interval of least simulated waste (a parabola through "
+        f"{len(SEARCH_FACTORS)} intervals, {SEARCH_FACTORS[0]:g}-{SEARCH_FACTORS[-1]:g}x Daly's)."
+    ]
+    if any(size.simulated is None for size in sizes):
+        notes.append(
+            f"simulated -: over {study.max_events:,.0f} failures to step through (lower --runs "
+            "or --work-h)."
+        )
+    if any(size.simulated is not None and size.best_simulated_s is None for size in sizes):
+        notes.append(
+            f"best simulated -: under {study.min_failures_to_fit:,.0f} failures in the runs "
+            "(raise --runs or --work-h), or the least waste at an end of the intervals tried."
+        )
+    for note in notes:
+        lines += textwrap.wrap(note, width=WIDTH)
+    return "\n".join(lines)
+
+
+def describe_preset(
+    name: str, preset: Preset, study: ClusterStudy, ckpt_given: bool, restart_given: bool
+) -> str:
+    """Where the scenario's figures come from, and Daly's interval at its own size."""
+    failures = preset.failures
+    mtbf_h, gpu_h = failures.cluster_mtbf_s / HOUR_S, failures.gpu_mtbf_s / HOUR_S
+    daly_s = daly_interval_s(study.ckpt_s, failures.cluster_mtbf_s)
+    waste = expected_waste_fraction(daly_s, study.ckpt_s, failures.cluster_mtbf_s, study.restart_s)
+    ckpt = f"{study.ckpt_s:g} s" + (
+        " (--ckpt-cost-s)" if ckpt_given else f", {preset.ckpt_basis} (override: --ckpt-cost-s)"
+    )
+    restart = f"{study.restart_s:g} s" + (
+        " (--restart-cost-s)"
+        if restart_given
+        else ", assumed, not reported (override: --restart-cost-s)"
+    )
+    indent = " " * 16
+    return "\n".join(
+        [
+            *textwrap.wrap(
+                f"--scenario {name}: {preset.title}, as reported in {failures.source}: "
+                f"{failures.interruptions} job interruptions in a {failures.days:g}-day "
+                f"snapshot on {failures.gpus:,} GPUs ({failures.note}).",
+                width=WIDTH,
+            ),
+            f"  cluster MTBF  {failures.days:g} d x 24 h / {failures.interruptions} = "
+            f"{mtbf_h:.2f} h",
+            f"  per GPU       {mtbf_h:.2f} h x {failures.gpus:,} GPUs = {gpu_h:,.0f} h",
+            f"  per node      {gpu_h:,.0f} h / {failures.gpus_per_node} GPUs = "
+            f"{failures.node_mtbf_s / HOUR_S:,.0f} h, {failures.nodes:,} nodes",
+            *textwrap.wrap(
+                ckpt,
+                width=WIDTH,
+                initial_indent=f"  {'C':<14}",
+                subsequent_indent=indent,
+            ),
+            f"  {'R':<14}{restart}",
+            *textwrap.wrap(
+                f"At {failures.nodes:,} nodes: Daly interval {_duration(daly_s)}; expected waste "
+                f"{_percent(waste)} of the work, i.e. {100 / (1 + waste):.1f}% effective "
+                "training time (the report: over 90%).",
+                width=WIDTH,
+                initial_indent="  ",
+                subsequent_indent="  ",
+            ),
+        ]
+    )
+
+
+def _cluster_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """parser.error (exit 2) for options missing, or that do not go with, the cluster table."""
+    if args.scenario is not None and args.node_mtbf_h is not None:
+        parser.error(f"--scenario {args.scenario} sets the node MTBF: drop --node-mtbf-h")
+    if args.mtbf_h is not None:
+        parser.error(
+            "--mtbf-h is one machine's MTBF; for a cluster give each node's with --node-mtbf-h "
+            "(the cluster's is node MTBF / nodes)"
+        )
+    if args.scenario is None and args.nodes is None:
+        parser.error("--node-mtbf-h needs --nodes N (or a list, e.g. 1,8,64)")
+    if args.scenario is None and args.node_mtbf_h is None:
+        parser.error("--nodes needs --node-mtbf-h (each node's MTBF), or --scenario llama3")
+    if args.failures != "poisson" or args.trace is not None:
+        parser.error(
+            "--nodes models independent Poisson node failures; it does not combine with "
+            f"--failures {args.failures} or --trace"
+        )
+    for option, value in (
+        ("--plot", args.plot),
+        ("--prior-mtbf-h", args.prior_mtbf_h),
+        ("--half-life-h", args.half_life_h),
+    ):
+        if value is not None:
+            parser.error(f"{option} does not apply to the cluster table (--nodes, --scenario)")
+
+
+def _main_cluster(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    _cluster_usage(parser, args)
+    preset = PRESETS[args.scenario] if args.scenario is not None else None
+    marked: int | None
+    if preset is not None:
+        node_mtbf_s, default_ckpt_s = preset.failures.node_mtbf_s, preset.ckpt_s
+        marked = preset.failures.nodes
+    else:
+        node_mtbf_s, default_ckpt_s = args.node_mtbf_h * HOUR_S, DEFAULT_CKPT_S
+        marked = args.nodes[0] if len(args.nodes) == 1 else None
+    nodes = args.nodes or [marked]
+    study = ClusterStudy(
+        node_mtbf_s=node_mtbf_s,
+        ckpt_s=_or(args.ckpt_cost_s, default_ckpt_s),
+        restart_s=_or(args.restart_cost_s, DEFAULT_RESTART_S),
+        work_s=args.work_h * HOUR_S,
+        fixed_s=tuple(m * 60.0 for m in args.fixed_min or CLUSTER_FIXED_MIN),
+        runs=args.runs,
+        seed=args.seed,
+        ckpt_jitter=args.ckpt_jitter,
+    )
+    if preset is not None:
+        given = (args.ckpt_cost_s is not None, args.restart_cost_s is not None)
+        print(describe_preset(args.scenario, preset, study, *given))
+        print()
+    sizes = [scale(study, n) for n in (node_sweep(nodes[0]) if len(nodes) == 1 else nodes)]
+    print(format_cluster_table(study, sizes, marked))
+    if marked is not None and any(size.nodes == marked for size in sizes):
+        label = preset.title if preset is not None else "the cluster asked for"
+        print(f"* {label}: {marked:,} nodes")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """`stalwart simulate`: print the waste table (and draw it with --plot). 0, or 2 on misuse."""
+    """`stalwart simulate`: print the waste table (and draw it with --plot), or with --nodes
+    or --scenario the cluster-size table. 0, or 2 on misuse."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.failures == "trace" and args.trace is None:
         parser.error("--failures trace needs --trace FILE")
     if args.runs < 1:
         parser.error("--runs must be >= 1")
+    if args.nodes is not None or args.node_mtbf_h is not None or args.scenario is not None:
+        return _main_cluster(parser, args)
+    if args.mtbf_h is None:
+        args.mtbf_h = DEFAULT_MTBF_H
     if args.plot is not None:
         try:
             importlib.import_module("matplotlib")
@@ -231,8 +530,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides["half_life_s"] = args.half_life_h * HOUR_S
     scenario = Scenario(
         process=process,
-        ckpt_s=args.ckpt_cost_s,
-        restart_s=args.restart_cost_s,
+        ckpt_s=_or(args.ckpt_cost_s, DEFAULT_CKPT_S),
+        restart_s=_or(args.restart_cost_s, DEFAULT_RESTART_S),
         work_s=args.work_h * HOUR_S,
         runs=args.runs,
         seed=args.seed,
