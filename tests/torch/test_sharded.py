@@ -72,10 +72,11 @@ def test_sharded_checkpoints_resume_bitwise_past_a_truncated_shard(tmp_path: Pat
     verdict = verify_checkpoint(newest, VerifyLevel.FULL)
     assert not verdict.intact and "__1_0.distcp" in verdict.reason
 
-    torchrun(tmp_path, tmp_path / "second", "--steps", "30", *train)
+    torchrun(tmp_path, tmp_path / "second", "--steps", "30", *train, "--sync")  # sync saves
     starts = [r for rank in (0, 1) for r in records(tmp_path / "second" / f"rank-{rank}.jsonl")]
     assert {r["resumed_from"] for r in starts if r["event"] == "start"} == {previous.name}
     assert final_digests(tmp_path / "second") == expected
+    assert (parse_step(committed(ckpt)[0].name) or 0) > (parse_step(previous.name) or 0)
     assert (ckpt / ".quarantine" / f"{newest.name}-corrupt").is_dir()
 
     # Another world size: one process loads the two ranks' shards.
