@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -20,6 +21,7 @@ import pytest
 import yaml
 
 from stalwart.checkpoint.layout import parse_step
+from stalwart.paths import JOURNAL_NAME
 from tests.conftest import wait_for
 from tests.supervised import environment, records, stalwart_argv
 
@@ -41,28 +43,26 @@ def runtime_dirs() -> Iterator[tuple[Path, Path]]:
         subprocess.run(["rm", "-rf", str(path)], check=False)
 
 
-def node_config(tmp_path: Path, node: int, port: int, steps: int) -> Path:
+def node_config(
+    tmp_path: Path, node: int, port: int, steps: int, *, nnodes: int = 2, nproc: int = 1
+) -> Path:
     out = tmp_path / "out"
     trainer = [str(TRAINER), "--steps", str(steps), "--out", str(out), "--step-s", "0.05"]
-    config = {
+    config: dict[str, Any] = {
         "name": "two-nodes",
         "command": [sys.executable, *trainer, "--digest-at", str(STEPS)],
         "state_dir": str(tmp_path / f"node{node}"),
         "env": {"OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path / "scratch")},
         "checkpoint": {
             "dir": str(tmp_path / "ckpt"),
-            "keep_last": 4,
+            "keep_last": 50,
             "interval": {"mode": "fixed", "fixed_interval_s": 0.4, "min_interval_s": 0.1},
         },
         "restart": {"backoff_initial_s": 0.2, "backoff_max_s": 0.5},
-        "launcher": {
-            "kind": "torchrun",
-            "nnodes": 2,
-            "nproc_per_node": 1,
-            "rdzv_endpoint": f"127.0.0.1:{port}",
-            "node_rank": node,
-        },
+        "launcher": {"kind": "torchrun", "nnodes": nnodes, "nproc_per_node": nproc},
     }
+    if nnodes > 1:
+        config["launcher"] |= {"rdzv_endpoint": f"127.0.0.1:{port}", "node_rank": node}
     path = tmp_path / f"node{node}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -168,3 +168,31 @@ def test_two_nodes_recover_from_a_killed_rank_and_a_truncated_shard(
     finals = {r["digest"] for r in rank_records(out) if r["event"] == "final"}
     assert finals == {expected[MORE_STEPS]}
     assert any((ckpt / ".quarantine").glob(f"{newest.name}-*"))
+
+
+@pytest.mark.timeout(240)
+def test_two_ranks_on_one_node_save_at_the_interval_and_report_each_save_once(
+    tmp_path: Path, runtime_dirs: tuple[Path, Path]
+) -> None:
+    """Only local rank 0 reports a save, but every rank restarts its interval clock: a rank
+    that did not would ask for a save at every step, and the others would follow it."""
+    config = node_config(tmp_path, 0, 0, 60, nnodes=1, nproc=2)
+    env = environment(runtime_dirs[0])
+    (tmp_path / "scratch").mkdir()
+    done = subprocess.run(
+        stalwart_argv("run", str(config)),
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=200,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    saved = checkpoints(tmp_path / "ckpt")
+    assert 1 <= len(saved) <= 15, [p.name for p in saved]  # 60 steps of 50 ms, every 0.4 s
+    with sqlite3.connect(tmp_path / "node0" / JOURNAL_NAME) as db:
+        rows = db.execute("SELECT step FROM checkpoints WHERE source = 'trainer'").fetchall()
+    steps = [step for (step,) in rows]
+    assert len(steps) == len(set(steps))  # one report per save, not one per rank
+    assert {parse_step(p.name) for p in saved} <= set(steps)

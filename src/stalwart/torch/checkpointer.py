@@ -399,11 +399,12 @@ class Checkpointer:
         self.last_saved = outcome
         self._requested_step = self._durable_step = outcome.step
         self._last_durable_s = self._clock()
-        if self._ranks is not None and self._local_rank != 0:
-            return  # one report per node: its supervisor records the save once
+        # Every rank restarts its interval clock; one rank per node reports the costs, so
+        # its supervisor records the save once.
+        reports = self._ranks is None or self._local_rank == 0
         self.client.saved(
             outcome.step,
-            stall_s=outcome.stall_s,
+            stall_s=outcome.stall_s if reports else None,
             persist_s=outcome.persist_s,
             size_bytes=outcome.size_bytes,
             path=outcome.path,
