@@ -12,8 +12,9 @@
             break
 
 Heartbeats and reports go over a unix datagram socket (one `sendto` each, never
-blocking: a full or missing socket drops the datagram). The advice file is read
-at most once per call through one `stat`, parsed only when it changed.
+blocking: a full or missing socket drops the datagram). Under torchrun (`RANK` set)
+each datagram carries `RANK=<n>`, so the supervisor watches every worker. The advice
+file is read at most once per call through one `stat`, parsed only when it changed.
 """
 
 from __future__ import annotations
@@ -58,6 +59,10 @@ class Client:
         self.resume_from = env.get("STALWART_RESUME_FROM", "") or None
         self._notify_path = env.get("STALWART_NOTIFY_SOCKET", "")
         self._advice_path = env.get("STALWART_ADVICE_FILE", "")
+        # Under torchrun every worker heartbeats for itself: the supervisor tracks each rank
+        # and calls a hang when any one falls silent. Encoded once; each datagram appends it.
+        rank = env.get("RANK", "").strip()
+        self._rank_line = f"\nRANK={int(rank)}".encode() if rank.isdecimal() else b""
         self._sock: socket.socket | None = None
         if self._notify_path:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
@@ -95,6 +100,7 @@ class Client:
         if self._sock is None:
             return
         payload = "\n".join(f"{key}={value}" for key, value in fields.items()).encode()
+        payload += self._rank_line
         with contextlib.suppress(OSError):
             self._sock.settimeout(wait_s)
             self._sock.sendto(payload, self._notify_path)

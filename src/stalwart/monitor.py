@@ -1,6 +1,7 @@
 """Heartbeat tracking and hang detection. Pure: every call takes `now_s`.
 
-A hang is a trainer that was heartbeating and stopped. The threshold is learned:
+A hang is a trainer that was heartbeating and stopped; with several ranks (torchrun
+workers), any rank that was heartbeating and stopped. The threshold is learned:
 max(factor x the slow tail of observed heartbeat gaps, a floor), with a longer
 allowance before the first few steps (start, restore, compilation) and while a
 checkpoint is being written. A trainer that never heartbeats is never called hung.
@@ -27,6 +28,8 @@ class StepStats:
     gap_p50_s: float | None
     gap_tail_s: float | None
     steps_per_s: float | None
+    ranks: int = 1
+    """Ranks heartbeating (torchrun workers; 1 for a single-process trainer)."""
 
 
 def quantile(sorted_values: list[float], q: float) -> float:
@@ -35,16 +38,35 @@ def quantile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(rank, len(sorted_values) - 1)]
 
 
+class _Rank:
+    """What the heartbeats of one rank say (a plain record, updated in place: 100 Hz)."""
+
+    __slots__ = ("first_beat_s", "first_step", "gaps", "last_beat_s", "last_step")
+
+    def __init__(self, now_s: float) -> None:
+        self.first_beat_s = now_s
+        self.last_beat_s = now_s
+        self.first_step: int | None = None
+        self.last_step: int | None = None
+        self.gaps = 0
+
+
 class HangDetector:
-    """Per attempt: feed heartbeats and checkpoint brackets; ask for the deadline."""
+    """Per attempt: feed heartbeats and checkpoint brackets; ask for the deadline.
+
+    Heartbeats are tracked per rank (the notify key RANK; torchrun's workers each send
+    theirs). A datagram without RANK is one implicit rank, so a single-process trainer is
+    one rank. The slowest rank decides: the deadline is the earliest of each rank's last
+    heartbeat plus its threshold, so any rank that heartbeated and fell silent is a hang,
+    and the step reported is the lowest any rank reached. Gaps of all ranks are pooled to
+    learn the slow tail; the first-step allowance lasts per rank until that rank has shown
+    `warmup_heartbeats` gaps.
+    """
 
     def __init__(self, config: HangConfig) -> None:
         self._config = config
         self._gaps_s: deque[float] = deque(maxlen=config.window_heartbeats)
-        self._last_beat_s: float | None = None
-        self._first_beat_s: float | None = None
-        self._first_step: int | None = None
-        self._last_step: int | None = None
+        self._ranks: dict[int | None, _Rank] = {}
         self._beats = 0
         self._in_checkpoint = False
         self._tail_s: float | None = None
@@ -53,33 +75,48 @@ class HangDetector:
 
     @property
     def last_step(self) -> int | None:
-        return self._last_step
+        """The slowest rank's last step (the step every rank has reached)."""
+        steps = [r.last_step for r in self._ranks.values() if r.last_step is not None]
+        return min(steps) if steps else None
+
+    @property
+    def ranks(self) -> int:
+        """Ranks being watched."""
+        return len(self._ranks)
+
+    def has_rank(self, rank: int | None) -> bool:
+        return rank in self._ranks
 
     @property
     def armed(self) -> bool:
         """Only a trainer that has heartbeated can hang."""
-        return self._config.enabled and self._last_beat_s is not None
+        return self._config.enabled and bool(self._ranks)
 
-    def heartbeat(self, now_s: float, step: int | None = None) -> None:
-        if self._last_beat_s is not None:
-            self._gaps_s.append(max(now_s - self._last_beat_s, 0.0))
+    def heartbeat(self, now_s: float, step: int | None = None, rank: int | None = None) -> None:
+        record = self._ranks.get(rank)
+        if record is None:
+            record = self._ranks[rank] = _Rank(now_s)
         else:
-            self._first_beat_s = now_s
-        self._last_beat_s = now_s
+            self._gaps_s.append(max(now_s - record.last_beat_s, 0.0))
+            record.gaps += 1
+            record.last_beat_s = now_s
         self._beats += 1
         if step is not None:
-            if self._first_step is None:
-                self._first_step = step
-            self._last_step = step
+            if record.first_step is None:
+                record.first_step = step
+            record.last_step = step
 
-    def checkpoint_begin(self, now_s: float) -> None:
+    def checkpoint_begin(self, now_s: float, rank: int | None = None) -> None:
+        """Any rank's CKPT_BEGIN starts the checkpoint allowance for all."""
         self._in_checkpoint = True
-        self.heartbeat(now_s)
+        self.heartbeat(now_s, rank=rank)
 
     def checkpoint_end(self, now_s: float) -> None:
-        # The save's duration is not a step time: restart the gap clock without a sample.
+        """A save report ends the allowance for all ranks (one rank reports for its node)."""
+        # The save's duration is not a step time: restart every gap clock without a sample.
         self._in_checkpoint = False
-        self._last_beat_s = now_s
+        for record in self._ranks.values():
+            record.last_beat_s = now_s
 
     def _refresh_tail(self, now_s: float) -> None:
         if now_s - self._tail_at_s < RECOMPUTE_EVERY_S or not self._gaps_s:
@@ -89,43 +126,83 @@ class HangDetector:
         self._p50_s = quantile(ordered, 0.5)
         self._tail_at_s = now_s
 
-    def threshold_s(self, now_s: float) -> float | None:
-        """How long silence may last now; None while not armed."""
-        if not self.armed:
-            return None
+    def _thresholds(self, now_s: float) -> tuple[float, float]:
+        """(warming up, learned): silence allowed to a rank before and after its warmup."""
         cfg = self._config
-        if len(self._gaps_s) < cfg.warmup_heartbeats:
-            threshold = max(cfg.first_step_s, cfg.floor_s)
-        else:
+        warming = max(cfg.first_step_s, cfg.floor_s)
+        learned = warming
+        if len(self._gaps_s) >= cfg.warmup_heartbeats:
             self._refresh_tail(now_s)
             tail = self._tail_s if self._tail_s is not None else 0.0
-            threshold = max(cfg.factor * tail, cfg.floor_s)
+            learned = max(cfg.factor * tail, cfg.floor_s)
         if self._in_checkpoint:
-            threshold = max(threshold, cfg.checkpoint_s)
-        return threshold
+            warming = max(warming, cfg.checkpoint_s)
+            learned = max(learned, cfg.checkpoint_s)
+        return warming, learned
+
+    def _critical(self, now_s: float) -> tuple[int | None, _Rank, float] | None:
+        """The rank whose silence runs out first: (rank, its record, its threshold)."""
+        if not self.armed:
+            return None
+        warming, learned = self._thresholds(now_s)
+        warmup = self._config.warmup_heartbeats
+        best: tuple[int | None, _Rank, float] | None = None
+        best_deadline = math.inf
+        for rank, record in self._ranks.items():
+            threshold = warming if record.gaps < warmup else learned
+            deadline = record.last_beat_s + threshold
+            if deadline < best_deadline:
+                best, best_deadline = (rank, record, threshold), deadline
+        return best
+
+    def threshold_s(self, now_s: float) -> float | None:
+        """How long silence may last now (for the slowest rank); None while not armed."""
+        critical = self._critical(now_s)
+        return None if critical is None else critical[2]
 
     def deadline_s(self, now_s: float) -> float | None:
-        threshold = self.threshold_s(now_s)
-        if threshold is None or self._last_beat_s is None:
-            return None
-        return self._last_beat_s + threshold
+        critical = self._critical(now_s)
+        return None if critical is None else critical[1].last_beat_s + critical[2]
 
     def is_hung(self, now_s: float) -> bool:
         deadline = self.deadline_s(now_s)
         return deadline is not None and now_s >= deadline
 
+    def slowest_rank(self, now_s: float) -> int | None:
+        """The rank whose silence runs out first (None: the implicit rank, or not armed)."""
+        critical = self._critical(now_s)
+        return None if critical is None else critical[0]
+
     def silence_s(self, now_s: float) -> float | None:
-        return None if self._last_beat_s is None else now_s - self._last_beat_s
+        """How long the slowest rank has been silent."""
+        critical = self._critical(now_s)
+        if critical is None:
+            oldest = min((r.last_beat_s for r in self._ranks.values()), default=None)
+            return None if oldest is None else now_s - oldest
+        return now_s - critical[1].last_beat_s
 
     def stats(self, now_s: float) -> StepStats:
         self._refresh_tail(now_s)
         rate = None
+        slowest = min(
+            (r for r in self._ranks.values() if r.last_step is not None),
+            key=lambda r: r.last_step or 0,
+            default=None,
+        )
         if (
-            self._first_step is not None
-            and self._last_step is not None
-            and self._first_beat_s is not None
-            and self._last_beat_s is not None
-            and self._last_beat_s > self._first_beat_s
+            slowest is not None
+            and slowest.first_step is not None
+            and slowest.last_step is not None
+            and slowest.last_beat_s > slowest.first_beat_s
         ):
-            rate = (self._last_step - self._first_step) / (self._last_beat_s - self._first_beat_s)
-        return StepStats(self._last_step, self._beats, self._p50_s, self._tail_s, rate)
+            rate = (slowest.last_step - slowest.first_step) / (
+                slowest.last_beat_s - slowest.first_beat_s
+            )
+        return StepStats(
+            slowest.last_step if slowest is not None else None,
+            self._beats,
+            self._p50_s,
+            self._tail_s,
+            rate,
+            len(self._ranks),
+        )

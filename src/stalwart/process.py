@@ -7,6 +7,11 @@ Three mechanisms make sure no trainer outlives its supervisor:
   group, which takes DataLoader workers and other grandchildren with it;
 - the supervisor is a child subreaper, so descendants orphaned by the trainer's
   death are reparented to it, killed and reaped rather than left to init.
+
+Some launchers put their children in sessions of their own: torchrun starts every
+worker with `start_new_session`, so a worker is outside the trainer's group. Kills
+therefore go to every process group in the trainer's tree (`signal_tree`), and the
+supervisor registers those groups with the sentinel as it sees them.
 """
 
 from __future__ import annotations
@@ -76,6 +81,49 @@ def signal_group(pgid: int, signum: int) -> bool:
         logger.warning("cannot signal process group %d: %s", pgid, exc)
         return False
     return True
+
+
+def tree_groups(pid: int) -> set[int]:
+    """The process groups of `pid` and its live descendants (never this process's own group).
+
+    torchrun's workers lead groups (and sessions) of their own; each group named here is
+    live now, so signalling it cannot hit a recycled id.
+    """
+    own = os.getpgrp()
+    groups = {pid}
+    try:
+        descendants = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        descendants = []
+    for proc in descendants:
+        try:
+            groups.add(os.getpgid(proc.pid))
+        except OSError:
+            continue
+    groups.discard(own)
+    return groups
+
+
+def tree_pids(pid: int) -> list[int]:
+    """`pid` and its live descendants, parents first."""
+    try:
+        return [pid, *(p.pid for p in psutil.Process(pid).children(recursive=True))]
+    except psutil.Error:
+        return [pid]
+
+
+def signal_tree(pid: int, signum: int) -> set[int]:
+    """Send `signum` to every process group in `pid`'s tree (its own first); the groups hit.
+
+    The tree is read before anything is signalled: once a parent dies its children
+    reparent and the relation is lost.
+    """
+    groups = tree_groups(pid)
+    hit = {pid} if signal_group(pid, signum) else set()
+    for pgid in groups - {pid}:
+        if signal_group(pgid, signum):
+            hit.add(pgid)
+    return hit
 
 
 def group_alive(pgid: int) -> bool:
@@ -240,16 +288,24 @@ def reap_exited(known: Mapping[int, subprocess.Popen[bytes]]) -> list[int]:
 
 
 def kill_orphans(keep: set[int]) -> int:
-    """SIGKILL this process's children except `keep` (orphans reparented to us)."""
+    """SIGKILL this process's children except `keep` (orphans reparented to us).
+
+    An orphan that leads a process group of its own (a torchrun worker whose agent died)
+    takes its group with it: its own children (data loader workers) are in it.
+    """
     killed = 0
+    own = os.getpgrp()
     for child in psutil.Process().children():
         if child.pid in keep:
             continue
         try:
             if child.status() == psutil.STATUS_ZOMBIE:
                 continue
-            child.kill()
+            if os.getpgid(child.pid) == child.pid != own:
+                os.killpg(child.pid, signal.SIGKILL)
+            else:
+                child.kill()
             killed += 1
-        except psutil.Error:
+        except (psutil.Error, OSError):
             continue
     return killed

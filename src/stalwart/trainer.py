@@ -6,6 +6,7 @@ process and what is observed about it (output tail, heartbeats, resources).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select
@@ -128,6 +129,9 @@ class Trainer:
         self.first_sample: ResourceSample | None = None
         self.last_sample: ResourceSample | None = None
         self.peak_rss_bytes = 0
+        self.watched_groups: set[int] = set()
+        """Process groups of the tree outside the trainer's own (torchrun's workers) that
+        the sentinel was told about."""
         self._pumps: list[Pump] = []
         for pipe, sink in ((self.popen.stdout, sinks[0]), (self.popen.stderr, sinks[1])):
             assert pipe is not None
@@ -150,23 +154,40 @@ class Trainer:
         self.peak_rss_bytes = max(self.peak_rss_bytes, sample.tree_rss_bytes)
 
     def send_stop(self, signum: int, grace_s: float) -> None:
-        """The stop signal, once, to the whole group; SIGKILL follows after the grace."""
+        """The stop signal, once, to the trainer's group; SIGKILL follows after the grace.
+
+        Only the trainer's own group: a launcher that puts its workers in sessions of their
+        own (torchrun) forwards the signal to them itself, and waits for them.
+        """
         if not self.stop_signal_sent:
             process.signal_group(self.pid, signum)
             self.stop_signal_sent = True
         self.kill_at_s = self._clock.monotonic() + grace_s
 
+    def catchers(self, signum: int) -> list[int]:
+        """The processes of the trainer's tree that handle `signum` (the client's SIGUSR2,
+        a framework's SIGUSR1): under torchrun the workers, not the agent."""
+        return [pid for pid in process.tree_pids(self.pid) if catches_signal(pid, signum)]
+
     def dump_stacks(self, dump_dir: Path, dump_wait_s: float) -> None:
         """Get the trainer's Python stacks into `dump_dir`, then SIGKILL after `dump_wait_s`.
 
-        A client-instrumented trainer handles SIGUSR2 (faulthandler writes every thread's
-        stack, even with the GIL stuck); otherwise py-spy is tried if installed.
+        Every process of the tree that handles SIGUSR2 (a client-instrumented trainer or
+        torchrun worker: faulthandler writes every thread's stack, even with the GIL stuck)
+        is asked; otherwise py-spy is tried on the trainer if installed.
         """
-        if catches_signal(self.pid, signal.SIGUSR2):
-            os.kill(self.pid, signal.SIGUSR2)
-            # A SIGSTOPped trainer only handles it once continued.
-            os.kill(self.pid, signal.SIGCONT)
-            logger.info("asked trainer pid %d for its stacks (SIGUSR2) into %s", self.pid, dump_dir)
+        catchers = self.catchers(signal.SIGUSR2)
+        if catchers:
+            for pid in catchers:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGUSR2)
+                    # A SIGSTOPped trainer only handles it once continued.
+                    os.kill(pid, signal.SIGCONT)
+            logger.info(
+                "asked pid(s) %s for their stacks (SIGUSR2) into %s",
+                ", ".join(map(str, catchers)),
+                dump_dir,
+            )
             self.kill_at_s = self._clock.monotonic() + dump_wait_s
             return
         self._py_spy_dump(dump_dir, dump_wait_s)
@@ -192,7 +213,8 @@ class Trainer:
             logger.warning("py-spy dump of pid %d failed: %s", self.pid, exc)
 
     def kill(self, kill_wait_s: float) -> None:
-        process.signal_group(self.pid, signal.SIGKILL)
+        """SIGKILL every process group of the tree (torchrun's workers lead their own)."""
+        process.signal_tree(self.pid, signal.SIGKILL)
         self.killed = True
         self.kill_at_s = None
         self.abandon_at_s = self._clock.monotonic() + kill_wait_s

@@ -325,7 +325,8 @@ def apply_retention(root: Path, plan: RetentionPlan, *, ops: FsOps | None = None
     """Delete what the plan says: rename aside first (atomic), then remove. Returns the paths.
 
     A crash in between leaves a `.deleting-*` entry, removed at the next start, never a
-    half-deleted checkpoint under its own name.
+    half-deleted checkpoint under its own name. An entry that vanishes underneath (another
+    node's supervisor shares the directory) is skipped, not an error.
     """
     ops = ops or FsOps()
     for warning in plan.warnings:
@@ -333,9 +334,18 @@ def apply_retention(root: Path, plan: RetentionPlan, *, ops: FsOps | None = None
     deleted = []
     for item in plan.delete:
         aside = root / deleting_name(item.name, os.getpid())
-        ops.replace(item.path, aside)
+        try:
+            ops.replace(item.path, aside)
+        except FileNotFoundError:
+            # Another node's supervisor shares the directory and quarantined it meanwhile.
+            logger.info("not pruning %s: it is no longer there", item.name)
+            continue
         ops.fsync_dir(item.path.parent)
-        ops.remove_tree(aside)
+        try:
+            ops.remove_tree(aside)
+        except FileNotFoundError:
+            # Someone removed it under us (another node cleaning leftovers): gone either way.
+            logger.info("%s vanished while it was being removed", aside.name)
         logger.info("pruned checkpoint %s (%s)", item.name, item.state.value)
         deleted.append(item.path)
     return deleted

@@ -106,9 +106,13 @@ class CheckpointMixin(SupervisorState):
         )
 
     def _after_save(self, size_bytes: int | None) -> None:
-        """A new checkpoint exists: prune old ones in the background, one pass at a time."""
+        """A new checkpoint exists: prune old ones in the background, one pass at a time.
+
+        Only the primary node prunes: every node's supervisor sees the same shared
+        directory, and two pruning it at once would fight over the same entries.
+        """
         keeper = self.keeper
-        if keeper is None:
+        if keeper is None or not self.role.primary:
             return
         if self._retention_running:
             self._retention_again = True
@@ -152,7 +156,7 @@ class CheckpointMixin(SupervisorState):
             self.advice.set_interval(decision.interval_s)
         if (valid or not foreign) and event.first_event_s >= attempt.started_s:
             attempt.produced_checkpoint = True  # written by this attempt, not a previous one
-        if foreign and valid and self.config.checkpoint.adopt_foreign:
+        if foreign and valid and self.config.checkpoint.adopt_foreign and self.role.primary:
             run_id, number = self.run_record.run_id if self.run_record else "", attempt.number
             self._scheduler.submit(
                 f"adopt:{event.name}", lambda: keeper.adopt(event, run_id, number)

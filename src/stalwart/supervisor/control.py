@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import selectors
@@ -13,7 +14,6 @@ from stalwart.supervisor.state import (
     SupervisorState,
     logger,
 )
-from stalwart.trainer import catches_signal
 
 
 class ControlMixin(SupervisorState):
@@ -52,11 +52,14 @@ class ControlMixin(SupervisorState):
         connection.respond(self.status())
 
     def checkpoint_now(self, why: str) -> None:
-        """Ask for a checkpoint at the next step boundary (advice counter; SIGUSR1 if caught)."""
+        """Ask for a checkpoint at the next step boundary (advice counter; SIGUSR1 to every
+        process of the trainer's tree that handles it, never to one it would kill)."""
         self.advice.request_checkpoint()
         attempt = self.attempt
-        if attempt is not None and catches_signal(attempt.pid, signal.SIGUSR1):
-            os.kill(attempt.pid, signal.SIGUSR1)
+        if attempt is not None:
+            for pid in attempt.catchers(signal.SIGUSR1):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGUSR1)
         logger.info("%s: %s: checkpoint requested", self.config.name, why)
 
     def _status_line(self) -> str:
@@ -72,4 +75,7 @@ class ControlMixin(SupervisorState):
 
     def status(self) -> dict[str, object]:
         """What `stalwart status` shows, as plain JSON-able data."""
-        return status_view.running_snapshot(self)
+        snapshot = status_view.running_snapshot(self)
+        if self.attempt is not None:
+            snapshot["ranks"] = self.attempt.hang.ranks  # heartbeating ranks (torchrun workers)
+        return snapshot

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import selectors
-import shutil
 import signal
 import socket
 import subprocess
 from collections.abc import Callable
-from pathlib import Path
 
 from stalwart import paths, process
 from stalwart.classify import ExitContext, classify
@@ -25,6 +22,7 @@ from stalwart.control import ControlServer
 from stalwart.errors import UsageError
 from stalwart.journal import Journal, RunStatus
 from stalwart.keeper import CheckpointKeeper
+from stalwart.launcher import node_role
 from stalwart.notify import NotifySocket
 from stalwart.pacing import Pacer
 from stalwart.resources import memory_at_limit, oom_killed_since
@@ -36,11 +34,11 @@ from stalwart.restart import (
 from stalwart.supervisor.checkpoints import CheckpointMixin
 from stalwart.supervisor.control import ControlMixin
 from stalwart.supervisor.drain import DrainMixin
+from stalwart.supervisor.launch import LaunchMixin
 from stalwart.supervisor.notify import NotifyMixin
 from stalwart.supervisor.remote import RemoteMixin
 from stalwart.supervisor.state import (
     CHAOS_REASON,
-    CLEARED_ENV,
     LOOP_TICK_S,
     STOP_SIGNALS,
     SupervisorState,
@@ -51,27 +49,20 @@ from stalwart.types import Classification, ExitCode, ExitKind, ExitStatus
 
 
 class Supervisor(
-    ControlMixin, NotifyMixin, CheckpointMixin, DrainMixin, RemoteMixin, SupervisorState
+    ControlMixin,
+    NotifyMixin,
+    CheckpointMixin,
+    DrainMixin,
+    RemoteMixin,
+    LaunchMixin,
+    SupervisorState,
 ):
     """Runs one job until it completes, gives up, is stopped or is preempted."""
-
-    def _check_command(self) -> None:
-        program = self.config.command[0]
-        cwd = self.config.cwd or Path.cwd()
-        if self.config.cwd is not None and not self.config.cwd.is_dir():
-            raise UsageError(f"cwd {self.config.cwd} is not a directory; fix `cwd` in the config")
-        if "/" in program:
-            resolved = (cwd / program) if not Path(program).is_absolute() else Path(program)
-            if not (resolved.is_file() and os.access(resolved, os.X_OK)):
-                raise UsageError(f"command not found or not executable: {program}")
-            return
-        path = {**self.environ, **self.config.env}.get("PATH", os.defpath)
-        if shutil.which(program, path=path) is None:
-            raise UsageError(f"command not found: {program!r} is not on PATH; check `command`")
 
     def _setup(self) -> None:
         """Everything that can fail on bad input happens here, before any trainer starts."""
         self._check_command()
+        self.role = node_role(self.config.launcher, self.environ)
         paths.ensure_private_dir(self.state_dir)
         self._lock = paths.StateLock(self.state_dir)
         self._lock.acquire()
@@ -286,6 +277,7 @@ class Supervisor(
         if now >= self._sample_at_s:
             self._sample_at_s = now + self.config.monitor.sample_interval_s
             attempt.record_sample(self._sampler.sample(attempt.pid))
+            self._watch_groups(attempt)
             self._systemd.status(self._status_line())
         if (
             not attempt.hang_killed
@@ -335,11 +327,14 @@ class Supervisor(
     def _on_hang(self, attempt: Trainer, now_s: float) -> None:
         silence = attempt.hang.silence_s(now_s) or 0.0
         stats = attempt.hang.stats(now_s)
+        rank = attempt.hang.slowest_rank(now_s)
+        who = f" from rank {rank} (of {stats.ranks} ranks)" if rank is not None else ""
         logger.error(
-            "%s: trainer pid %d is hung: no heartbeat for %.1f s (threshold %.1f s; last step %s, "
-            "%d heartbeats); collecting stacks, then killing it",
+            "%s: trainer pid %d is hung: no heartbeat%s for %.1f s (threshold %.1f s; last step "
+            "%s, %d heartbeats); collecting stacks, then killing it",
             self.config.name,
             attempt.pid,
+            who,
             silence,
             attempt.hang.threshold_s(now_s) or 0.0,
             stats.last_step,
@@ -387,24 +382,6 @@ class Supervisor(
         assert self.keeper is not None
         return self.keeper.prepare_resume().env_value
 
-    def trainer_env(self, attempt: int, resume_from: str) -> dict[str, str]:
-        assert self.run_record is not None
-        env = {**self.environ, **self.config.env}
-        for name in CLEARED_ENV:
-            env.pop(name, None)
-        # A pipe makes Python block-buffer stdout: lines would arrive late and die with a crash.
-        env.setdefault("PYTHONUNBUFFERED", "1")
-        env.update(
-            STALWART_RUN_ID=self.run_record.run_id,
-            STALWART_ATTEMPT=str(attempt),
-            STALWART_CKPT_DIR=str(self.ckpt_dir),
-            STALWART_RESUME_FROM=resume_from,
-            STALWART_ADVICE_FILE=str(self.advice.path or ""),
-            STALWART_NOTIFY_SOCKET=str(self._notify.path) if self._notify else "",
-            STALWART_DUMP_DIR=str(self.dump_dir),
-        )
-        return env
-
     def _launch(self) -> None:
         assert self.journal is not None
         assert self.run_record is not None
@@ -416,10 +393,11 @@ class Supervisor(
         now_s = self.clock.monotonic()
         self.machine.to(State.STARTING, f"attempt {number}")
         prefix = f"[{self.config.name}#{number}] ".encode() if self.config.output.prefix else b""
+        argv = self.trainer_argv()
         try:
             attempt = Trainer(
                 number=number,
-                argv=self.config.command,
+                argv=argv,
                 env=self.trainer_env(number, resume_from),
                 cwd=self.config.cwd,
                 resume_from=resume_from,
@@ -432,9 +410,7 @@ class Supervisor(
             )
         except OSError as exc:
             self.journal.start_attempt(run_id, number, None, self.clock.wall(), resume_from)
-            verdict = Classification(
-                ExitKind.USER_ERROR, False, f"cannot start {self.config.command[0]!r}: {exc}"
-            )
+            verdict = Classification(ExitKind.USER_ERROR, False, f"cannot start {argv[0]!r}: {exc}")
             self._conclude(number, None, verdict, 0.0)
             return
         assert self._sentinel is not None
@@ -484,6 +460,8 @@ class Supervisor(
         process.kill_orphans({self._sentinel.pid})
         attempt.finish_output()
         self._sentinel.forget(attempt.pid)
+        for pgid in attempt.watched_groups:
+            self._sentinel.forget(pgid)
         self.attempt = None
         self._running_at_s = None
         status = ExitStatus.from_returncode(attempt.popen.returncode)

@@ -50,17 +50,23 @@ class NotifyMixin(SupervisorState):
     def _on_message(
         self, attempt: Trainer, fields: dict[str, int | float | str], now_s: float
     ) -> None:
+        # torchrun's workers each say which rank they are; no RANK is one implicit rank.
+        raw_rank = fields.get("RANK")
+        rank = raw_rank if isinstance(raw_rank, int) else None
+        if rank is not None and not attempt.hang.has_rank(rank):
+            self._watch_groups(attempt)  # a new worker: its group dies with the supervisor
         step = fields.get("STEP")
         if isinstance(step, int):
             if attempt.ready_s is None:
                 self._on_first_step(attempt, now_s - attempt.started_s)
-            attempt.hang.heartbeat(now_s, step)
+            attempt.hang.heartbeat(now_s, step, rank)
         elif "READY" in fields:
-            attempt.hang.heartbeat(now_s)
+            attempt.hang.heartbeat(now_s, rank=rank)
         begin = fields.get("CKPT_BEGIN")
         if isinstance(begin, int):
             attempt.ckpt_step = begin
-            attempt.hang.checkpoint_begin(now_s)
+            attempt.hang.checkpoint_begin(now_s, rank)
+        # One rank (LOCAL_RANK 0) reports a save for its node: that ends it for every rank.
         if "CKPT_DONE" in fields or "CKPT_STALL_S" in fields or "CKPT_PERSIST_S" in fields:
             attempt.hang.checkpoint_end(now_s)
             self._on_save_report(attempt, fields)

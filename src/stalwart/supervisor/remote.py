@@ -27,6 +27,16 @@ class RemoteMixin(SupervisorState):
         config = self.config.checkpoint.remote
         if config.url is None:
             return
+        if not self.role.primary:
+            # The nodes share one checkpoint directory: node 0 restores and uploads it.
+            logger.info(
+                "%s: node %d of %d: the remote copy %s is kept by node 0",
+                self.config.name,
+                self.role.node_rank,
+                self.role.nnodes,
+                config.url,
+            )
+            return
         local = [
             info.step
             for info in list_checkpoints(self.ckpt_dir)

@@ -29,6 +29,7 @@ from stalwart.config import JobConfig
 from stalwart.control import ControlServer
 from stalwart.journal import Journal, RunRecord
 from stalwart.keeper import CheckpointKeeper, RetentionDone
+from stalwart.launcher import NodeRole
 from stalwart.notify import NotifySocket
 from stalwart.pacing import Pacer
 from stalwart.preemption import (
@@ -98,6 +99,9 @@ class SupervisorState:
         self.poison = PoisonTracker(
             config.restart.poison_after_failures, config.restart.max_rollbacks
         )
+        self.role = NodeRole()
+        """This node of the job (set from the launcher config and the environment at setup);
+        only the primary prunes, adopts and mirrors the shared checkpoint directory."""
         self._chaos_rng = random.Random(config.chaos.seed)
         self._chaos_kills = 0
         # set in run()
@@ -154,4 +158,7 @@ class SupervisorState:
         raise NotImplementedError
 
     def _remote_drain_report(self, deadline_s: float | None) -> None:
+        raise NotImplementedError
+
+    def _watch_groups(self, attempt: Trainer) -> None:
         raise NotImplementedError
