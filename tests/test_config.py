@@ -178,3 +178,85 @@ def test_config_check_prints_effective_config(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 2 and "stop.grace_s" in result.stderr
+
+
+TORCHRUN_JOB = "command: [train.py]\ncheckpoint: {dir: /shared/ck}\n"
+
+
+def test_launcher_defaults_and_torchrun_round_trip(tmp_path: Path) -> None:
+    job = config.validate({"command": ["python", "t.py"]}, "x")
+    assert job.launcher.kind == "direct" and job.launcher.nnodes == 1
+    assert job.launcher.torchrun is None and job.launcher.max_restarts == 0
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        TORCHRUN_JOB
+        + "launcher: {kind: torchrun, nnodes: 2, nproc_per_node: 8, node_rank: 1,\n"
+        + "  rdzv_endpoint: ' node0:29400 ', args: [--local-addr, 10.0.0.2]}\n"
+    )
+    job = config.load(path)
+    assert job.launcher.rdzv_endpoint == "node0:29400"
+    dumped = tmp_path / "dumped.yaml"
+    dumped.write_text(config.dump(job))
+    assert config.load(dumped) == job
+
+
+@pytest.mark.parametrize(
+    ("launcher", "expected"),
+    [
+        ("{nproc_per_node: 2}", "launcher: nproc_per_node: only used with kind: torchrun"),
+        ("{kind: torchrun, nnodes: 2}", "launcher: nnodes is 2: set rdzv_endpoint"),
+        ("{kind: torchrun, rdzv_endpoint: node0}", "launcher.rdzv_endpoint: must be host:port"),
+        ("{kind: torchrun, rdzv_endpoint: 'a:0'}", "launcher.rdzv_endpoint: must be host:port"),
+        ("{kind: torchrun, rdzv_endpoint: 'a b:1'}", "launcher.rdzv_endpoint: must be host:port"),
+        ("{kind: torchrun, node_rank: 1}", "launcher: node_rank 1 must be below nnodes (1)"),
+        ("{kind: torchrun, nproc_per_node: 0}", "launcher.nproc_per_node"),
+        ("{kind: torchrun, max_restarts: -1}", "launcher.max_restarts"),
+        ("{kind: torchrun, torchrun: []}", "launcher.torchrun"),
+        ("{kind: torchrun, args: [--nnodes=4]}", "launcher.args: --nnodes is written by stalwart"),
+        ("{kind: torchrun, args: [--no-python]}", "launcher.args: --no-python is written"),
+        ("{kind: mpirun}", "launcher.kind"),
+        ("{nnodes: 2}", "launcher.nnodes is 2: set checkpoint.dir to a directory every node"),
+    ],
+)
+def test_bad_launcher_combinations(tmp_path: Path, launcher: str, expected: str) -> None:
+    job = "command: [train.py]\n" if "checkpoint.dir" in expected else TORCHRUN_JOB
+    assert expected in _problems(tmp_path, f"{job}launcher: {launcher}\n")
+
+
+def test_torchrun_must_forward_the_stop_signal(tmp_path: Path) -> None:
+    text = TORCHRUN_JOB + "stop: {signal: SIGUSR1}\nlauncher: {kind: torchrun}\n"
+    assert "stop.signal SIGUSR1 is not forwarded by torchrun" in _problems(tmp_path, text)
+    path = tmp_path / "ok.yaml"
+    path.write_text(
+        text.replace("{kind: torchrun}", "{kind: torchrun, args: [--signals-to-handle=SIGUSR1]}")
+    )
+    assert config.load(path).stop.signal == "SIGUSR1"
+
+
+@pytest.mark.parametrize(
+    ("setup", "expected"),
+    [
+        ("launcher: {nnodes: 2}", "rank is unknown"),  # neither node_rank nor the env var
+        ("launcher: {kind: torchrun}", "training script not found: missing.py"),
+    ],
+)
+def test_cli_refuses_a_node_it_cannot_place_and_starts_nothing(
+    tmp_path: Path, runtime_dir: Path, setup: str, expected: str
+) -> None:
+    path = tmp_path / "job.yaml"
+    command = "[missing.py]" if "torchrun" in setup else f"[python3, {TRAINER}, --canary, c]"
+    path.write_text(f"command: {command}\ncheckpoint: {{dir: {tmp_path / 'ck'}}}\n{setup}\n")
+    env = environment(runtime_dir)
+    env.pop("STALWART_NODE_RANK", None)
+    result = subprocess.run(
+        stalwart_argv("run", str(path), "--state-dir", str(tmp_path / "state")),
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert expected in result.stderr
+    assert not (tmp_path / "c").exists() and not (tmp_path / "state").exists()

@@ -303,7 +303,7 @@ TORCHRUN = [
 ]
 HANG = [
     "--set",
-    "hang.floor_s=2",
+    "hang.floor_s=3",
     "--set",
     "hang.factor=3",
     "--set",

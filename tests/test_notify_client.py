@@ -130,3 +130,35 @@ def test_advice_parsed_only_when_changed(tmp_path: Path, monkeypatch) -> None:  
     assert client.interval_s == 7.0
     assert opened == [str(advice_path)]
     client.close()
+
+
+def test_parse_rank() -> None:
+    assert parse(b"STEP=4\nRANK=3").fields == {"STEP": 4, "RANK": 3}
+    assert parse(b"STEP=4\nRANK=three").malformed == 1
+
+
+def test_client_under_torchrun_names_its_rank_in_every_datagram(runtime_dir: Path) -> None:
+    server = NotifySocket(runtime_dir / "n.sock")
+    clock = iter([0.0, 0.05, 0.2, 0.3])
+    env = {"STALWART_NOTIFY_SOCKET": str(server.path), "RANK": "5", "LOCAL_RANK": "1"}
+    try:
+        with Client(env, clock=lambda: next(clock), dump_stacks=False) as client:
+            client.ready()
+            client.step(1)  # t=0.05: sent (first heartbeat)
+            client.step(2)  # t=0.2: sent (0.15 s later)
+            client.checkpoint_begin(2)
+            client.checkpoint_done(2, stall_s=0.5)
+        got = [m.fields for m in server.receive()]
+        assert got == [
+            {"READY": 1, "RANK": 5},
+            {"STEP": 1, "RANK": 5},
+            {"STEP": 2, "RANK": 5},
+            {"CKPT_BEGIN": 2, "RANK": 5},
+            {"CKPT_STALL_S": 0.5, "CKPT_DONE": "2", "RANK": 5},
+        ]
+        for rank in ("", "x", "-1"):  # no usable RANK: the implicit single rank, as before
+            with Client({**env, "RANK": rank}, dump_stacks=False) as client:
+                client.ready()
+            assert [m.fields for m in server.receive()] == [{"READY": 1}]
+    finally:
+        server.close()

@@ -106,15 +106,28 @@ class HangDetector:
                 record.first_step = step
             record.last_step = step
 
+    def rank_started(self, now_s: float, rank: int) -> None:
+        """READY from a rank: a worker (re)started. One seen before was restarted in place by
+        torchrun (a membership change, or `launcher.max_restarts`): its first-step allowance
+        begins again, as for a new rank."""
+        if rank in self._ranks:
+            self._ranks[rank] = _Rank(now_s)
+            self._beats += 1
+        else:
+            self.heartbeat(now_s, rank=rank)
+
     def checkpoint_begin(self, now_s: float, rank: int | None = None) -> None:
         """Any rank's CKPT_BEGIN starts the checkpoint allowance for all."""
         self._in_checkpoint = True
         self.heartbeat(now_s, rank=rank)
 
-    def checkpoint_end(self, now_s: float) -> None:
+    def checkpoint_end(self, now_s: float, rank: int | None = None) -> None:
         """A save report ends the allowance for all ranks (one rank reports for its node)."""
         # The save's duration is not a step time: restart every gap clock without a sample.
         self._in_checkpoint = False
+        if not self._ranks:
+            # A report is a sign of life too: it arms the watch, as a heartbeat would.
+            self._ranks[rank] = _Rank(now_s)
         for record in self._ranks.values():
             record.last_beat_s = now_s
 

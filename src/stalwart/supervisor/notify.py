@@ -60,15 +60,17 @@ class NotifyMixin(SupervisorState):
             if attempt.ready_s is None:
                 self._on_first_step(attempt, now_s - attempt.started_s)
             attempt.hang.heartbeat(now_s, step, rank)
+        elif "READY" in fields and rank is not None:
+            attempt.hang.rank_started(now_s, rank)
         elif "READY" in fields:
-            attempt.hang.heartbeat(now_s, rank=rank)
+            attempt.hang.heartbeat(now_s)
         begin = fields.get("CKPT_BEGIN")
         if isinstance(begin, int):
             attempt.ckpt_step = begin
             attempt.hang.checkpoint_begin(now_s, rank)
         # One rank (LOCAL_RANK 0) reports a save for its node: that ends it for every rank.
         if "CKPT_DONE" in fields or "CKPT_STALL_S" in fields or "CKPT_PERSIST_S" in fields:
-            attempt.hang.checkpoint_end(now_s)
+            attempt.hang.checkpoint_end(now_s, rank)
             self._on_save_report(attempt, fields)
         if "DONE" in fields:
             attempt.done_reported = True
