@@ -19,16 +19,15 @@ from stalwart.failure_models import (
     cluster_mtbf_s,
 )
 from stalwart.interval import daly_interval_s, expected_waste_fraction
-from stalwart.simulate import main, node_sweep
-from stalwart.simulation import (
+from stalwart.scaling import (
     ClusterStudy,
-    Fixed,
-    Scenario,
     WasteEstimate,
     fitted_minimum_s,
+    node_sweep,
     scale,
-    simulate,
 )
+from stalwart.simulate import main
+from stalwart.simulation import Fixed, Scenario, simulate
 
 HOUR = 3600.0
 LLAMA3_MTBF_S = 54 * 86400 / 466

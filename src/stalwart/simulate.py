@@ -10,7 +10,8 @@ intervals (Daly's exact model, and simulated where cheap), and the fixed interva
 of least simulated waste. `--scenario llama3` takes the failure rate Meta reported
 for Llama 3 405B pre-training and says where each figure comes from.
 
-The engine is `stalwart.simulation`; the failure processes `stalwart.failure_models`.
+The engine is `stalwart.simulation`; the failure processes `stalwart.failure_models`;
+the cluster-size study, its presets and its table `stalwart.scaling`.
 The plot needs matplotlib (the optional extra `stalwart[plot]`), imported only then.
 """
 
@@ -20,32 +21,31 @@ import argparse
 import importlib
 import math
 import sys
-import textwrap
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from stalwart.failure_models import (
-    LLAMA3_405B,
     DriftFailures,
     FailureProcess,
     PoissonFailures,
-    PublishedInterruptions,
     TraceFailures,
     WeibullFailures,
     load_trace,
 )
-from stalwart.interval import IntervalConfig, daly_interval_s, expected_waste_fraction
-from stalwart.simulation import (
-    SEARCH_FACTORS,
-    ClusterSize,
+from stalwart.interval import IntervalConfig
+from stalwart.scaling import (
+    PRESETS,
     ClusterStudy,
+    describe_preset,
+    format_cluster_table,
+    node_sweep,
+    scale,
+)
+from stalwart.simulation import (
     Scenario,
     SimulationResult,
-    WasteEstimate,
     default_strategies,
     lost_and_checkpoint,
-    scale,
     simulate,
     total,
 )
@@ -56,32 +56,8 @@ HOUR_S = 3600.0
 DEFAULT_MTBF_H = 8.0
 DEFAULT_CKPT_S = 120.0
 DEFAULT_RESTART_S = 600.0
-WIDTH = 100
-"""Where the cluster table's prose wraps."""
 CLUSTER_FIXED_MIN = (30.0,)
 """The fixed interval the cluster table contrasts with Daly's unless --fixed-min says."""
-
-
-@dataclass(frozen=True)
-class Preset:
-    """A built-in cluster for --scenario: a published failure rate and an assumed save cost."""
-
-    title: str
-    failures: PublishedInterruptions
-    ckpt_s: float
-    ckpt_basis: str
-    """Why this save cost."""
-
-
-PRESETS = {
-    "llama3": Preset(
-        title="Llama 3 405B pre-training",
-        failures=LLAMA3_405B,
-        ckpt_s=30.0,
-        ckpt_basis="assumed: the report gives no save time; 16,384 GPUs x at most 4 GB of "
-        "state each at the storage's 2 TB/s sustained write is <= 33 s",
-    )
-}
 
 
 def _minutes_list(text: str) -> list[float]:
@@ -205,13 +181,6 @@ def _process(args: argparse.Namespace) -> FailureProcess:
     return PoissonFailures(mtbf_s)
 
 
-def node_sweep(nodes: int) -> list[int]:
-    """Seven cluster sizes, N x 4^k (rounded), from the lowest that stays >= 1 (at most
-    N / 4^5) to 4N: the interval halves, and the waste doubles, from one to the next."""
-    low = -min(5, math.floor(math.log(nodes, 4) + 1e-9))
-    return sorted({max(1, round(nodes * 4.0**k)) for k in range(low, low + 7)})
-
-
 def describe(process: FailureProcess) -> str:
     if isinstance(process, WeibullFailures):
         return f"Weibull failures (shape {process.shape:g}), MTBF {process.mtbf_s / HOUR_S:g} h"
@@ -300,140 +269,11 @@ def plot(result: SimulationResult, path: Path, baseline: str = "oracle") -> None
     plt.close(figure)
 
 
-# --- cluster size ---------------------------------------------------------------------
-
-
 def _or(value: float | None, default: float) -> float:
     return default if value is None else value
 
 
-def _duration(value_s: float) -> str:
-    hours = value_s / HOUR_S
-    if hours >= 100:
-        return f"{hours:,.0f} h"
-    if hours >= 2:
-        return f"{hours:.3g} h"
-    return f"{value_s / 60:.3g} min" if value_s >= 120 else f"{value_s:.3g} s"
-
-
-def _percent(value: float) -> str:
-    # Past 100x the work in wall time the simulator cuts a run off too.
-    return f"{100 * value:.2f}%" if value < 99 else "no progress"
-
-
-def _simulated(estimate: WasteEstimate | None) -> str:
-    if estimate is None:
-        return "-"
-    return f"{100 * estimate.fraction:.2f}±{100 * estimate.stderr:.2f}%"
-
-
-def format_cluster_table(
-    study: ClusterStudy, sizes: Sequence[ClusterSize], marked: int | None = None
-) -> str:
-    """One row per cluster size: MTBF, Daly's interval, the waste at it and at fixed ones."""
-    lines = textwrap.wrap(
-        f"Nodes failing independently (Poisson), node MTBF {_duration(study.node_mtbf_s)}, "
-        "any failure interrupting the job: cluster MTBF = node MTBF / nodes. "
-        f"C = {study.ckpt_s:g} s, R = {study.restart_s:g} s. Waste = (lost work + saving + "
-        "restarting) / work: analytic (Daly's exact model) and simulated "
-        f"({study.runs} runs of {study.work_s / HOUR_S:g} h, seed {study.seed}; mean ± "
-        "standard error).",
-        width=WIDTH,
-    )
-    # Column headers: (label over the columns, their count), then one label per column.
-    top = [("", 1), ("cluster", 1), ("failures", 1), ("Daly", 1), ("waste at Daly", 2)]
-    top += [("best", 1)] + [(f"fixed {s / 60:g} min", 2) for s in study.fixed_s]
-    bottom = ["nodes", "MTBF", "per day", "interval", "analytic", "simulated", "simulated"]
-    bottom += ["analytic", "simulated"] * len(study.fixed_s)
-    widths = [10, 10, 9, 10, 11, 13, 10] + [11, 13] * len(study.fixed_s)
-    cells, column = [], 0
-    for label, span in top:
-        width = sum(widths[column : column + span]) + span - 1
-        cells.append(label.center(width) if span > 1 else label.rjust(width))
-        column += span
-    rows = [bottom]
-    for size in sizes:
-        row = [
-            f"{size.nodes:,}{'*' if size.nodes == marked else ' '}",
-            _duration(size.mtbf_s),
-            f"{86400 / size.mtbf_s:.3g}",
-            _duration(size.daly_s),
-            _percent(size.waste),
-            _simulated(size.simulated),
-            _duration(size.best_simulated_s) if size.best_simulated_s is not None else "-",
-        ]
-        simulated_fixed = size.simulated_fixed or (None,) * len(study.fixed_s)
-        for waste, estimate in zip(size.fixed_waste, simulated_fixed, strict=True):
-            row += [_percent(waste), _simulated(estimate)]
-        rows.append(row)
-    lines.append(" ".join(cells).rstrip())
-    lines += [" ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
-    notes = [
-        "best simulated: the fixed interval of least simulated waste (a parabola through "
-        f"{len(SEARCH_FACTORS)} intervals, {SEARCH_FACTORS[0]:g}-{SEARCH_FACTORS[-1]:g}x Daly's)."
-    ]
-    if any(size.simulated is None for size in sizes):
-        notes.append(
-            f"simulated -: over {study.max_events:,.0f} failures to step through (lower --runs "
-            "or --work-h)."
-        )
-    if any(size.simulated is not None and size.best_simulated_s is None for size in sizes):
-        notes.append(
-            f"best simulated -: under {study.min_failures_to_fit:,.0f} failures in the runs "
-            "(raise --runs or --work-h), or the least waste at an end of the intervals tried."
-        )
-    for note in notes:
-        lines += textwrap.wrap(note, width=WIDTH)
-    return "\n".join(lines)
-
-
-def describe_preset(
-    name: str, preset: Preset, study: ClusterStudy, ckpt_given: bool, restart_given: bool
-) -> str:
-    """Where the scenario's figures come from, and Daly's interval at its own size."""
-    failures = preset.failures
-    mtbf_h, gpu_h = failures.cluster_mtbf_s / HOUR_S, failures.gpu_mtbf_s / HOUR_S
-    daly_s = daly_interval_s(study.ckpt_s, failures.cluster_mtbf_s)
-    waste = expected_waste_fraction(daly_s, study.ckpt_s, failures.cluster_mtbf_s, study.restart_s)
-    ckpt = f"{study.ckpt_s:g} s" + (
-        " (--ckpt-cost-s)" if ckpt_given else f", {preset.ckpt_basis} (override: --ckpt-cost-s)"
-    )
-    restart = f"{study.restart_s:g} s" + (
-        " (--restart-cost-s)"
-        if restart_given
-        else ", assumed, not reported (override: --restart-cost-s)"
-    )
-    indent = " " * 16
-    return "\n".join(
-        [
-            *textwrap.wrap(
-                f"--scenario {name}: {preset.title}, as reported in {failures.source}: "
-                f"{failures.interruptions} job interruptions in a {failures.days:g}-day "
-                f"snapshot on {failures.gpus:,} GPUs ({failures.note}).",
-                width=WIDTH,
-            ),
-            f"  cluster MTBF  {failures.days:g} d x 24 h / {failures.interruptions} = "
-            f"{mtbf_h:.2f} h",
-            f"  per GPU       {mtbf_h:.2f} h x {failures.gpus:,} GPUs = {gpu_h:,.0f} h",
-            f"  per node      {gpu_h:,.0f} h / {failures.gpus_per_node} GPUs = "
-            f"{failures.node_mtbf_s / HOUR_S:,.0f} h, {failures.nodes:,} nodes",
-            *textwrap.wrap(
-                ckpt,
-                width=WIDTH,
-                initial_indent=f"  {'C':<14}",
-                subsequent_indent=indent,
-            ),
-            f"  {'R':<14}{restart}",
-            *textwrap.wrap(
-                f"At {failures.nodes:,} nodes: Daly interval {_duration(daly_s)}; expected waste "
-                f"{_percent(waste)} of the work, i.e. {100 / (1 + waste):.1f}% effective "
-                "training time (the report: over 90%).",
-                width=WIDTH,
-                initial_indent="  ",
-                subsequent_indent="  ",
-            ),
-        ]
-    )
+# --- cluster size ---------------------------------------------------------------------
 
 
 def _cluster_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

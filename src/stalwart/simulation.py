@@ -14,29 +14,20 @@ All strategies of one run see the same failure times and save costs (common
 random numbers), so their differences are not noise from different draws.
 Seeded and deterministic.
 
-Cluster scaling (`scale`): N nodes failing independently, any one interrupting
-the job, fail together at N times a node's rate. For one cluster size, Daly's
-interval and the expected waste at it and at fixed intervals (Daly's exact
-model), and the same simulated where the runs are cheap enough, with the fixed
-interval of least simulated waste located by `fitted_minimum_s`.
+How the interval and the waste change with cluster size is `stalwart.scaling`,
+built on this engine.
 """
 
 from __future__ import annotations
 
 import abc
-import dataclasses
 import math
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from stalwart.failure_models import ClusterFailures, FailureProcess, cluster_mtbf_s
-from stalwart.interval import (
-    IntervalConfig,
-    IntervalModel,
-    daly_interval_s,
-    expected_waste_fraction,
-)
+from stalwart.failure_models import FailureProcess
+from stalwart.interval import IntervalConfig, IntervalModel, daly_interval_s
 from stalwart.types import ExitKind
 
 # --- strategies -----------------------------------------------------------------------
@@ -371,153 +362,3 @@ def default_strategies(
     strategies: list[Strategy] = [Oracle(), Adaptive(config or IntervalConfig())]
     strategies += [Fixed(minutes * 60.0) for minutes in fixed_min]
     return strategies
-
-
-# --- cluster scaling ------------------------------------------------------------------
-
-SEARCH_FACTORS = tuple(2.0 ** (k / 4) for k in range(-4, 5))
-"""Fixed intervals simulated around Daly's, as multiples of it, to locate the least waste."""
-
-
-@dataclass(frozen=True)
-class WasteEstimate:
-    """Simulated waste per unit of work: the mean over runs and its standard error."""
-
-    fraction: float
-    stderr: float
-
-    @classmethod
-    def of(cls, result: StrategyResult, work_s: float) -> WasteEstimate:
-        count, mean_s = len(result.runs), result.mean(total)
-        if count < 2:
-            return cls(mean_s / work_s, math.nan)
-        variance = sum((run.total_s - mean_s) ** 2 for run in result.runs) / (count - 1)
-        return cls(mean_s / work_s, math.sqrt(variance / count) / work_s)
-
-
-def _vertex(xs: Sequence[float], ys: Sequence[float]) -> float | None:
-    """Where the least-squares parabola through the points is lowest; None if it opens down."""
-    # y = a + b x + c x^2: the normal equations (positive definite), by elimination.
-    rows = [
-        [sum(x ** (i + j) for x in xs) for j in range(3)]
-        + [sum(y * x**i for x, y in zip(xs, ys, strict=True))]
-        for i in range(3)
-    ]
-    for i in range(3):
-        for k in range(i + 1, 3):
-            factor = rows[k][i] / rows[i][i]
-            rows[k] = [a - factor * b for a, b in zip(rows[k], rows[i], strict=True)]
-    c = rows[2][3] / rows[2][2]
-    b = (rows[1][3] - rows[1][2] * c) / rows[1][1]
-    return -b / (2.0 * c) if c > 0 else None
-
-
-def fitted_minimum_s(
-    intervals_s: Sequence[float], waste: Sequence[float], window: int = 2
-) -> float | None:
-    """The interval of least `waste`, refined by a least-squares parabola in log(interval)
-    through the lowest point and up to `window` neighbours on each side.
-
-    `intervals_s` increasing. None when the lowest point is at either end (the minimum
-    is not bracketed), or the parabola's lowest point falls outside the points it used.
-    """
-    if len(intervals_s) != len(waste) or len(intervals_s) < 3:
-        raise ValueError("need at least three intervals, each with its waste")
-    lowest = min(range(len(waste)), key=waste.__getitem__)
-    if lowest in (0, len(waste) - 1):
-        return None
-    used = range(max(0, lowest - window), min(len(waste), lowest + window + 1))
-    centre = math.log(intervals_s[lowest])
-    xs = [math.log(intervals_s[i]) - centre for i in used]
-    vertex = _vertex(xs, [waste[i] for i in used])
-    if vertex is None or not xs[0] <= vertex <= xs[-1]:
-        return None
-    return math.exp(centre + vertex)
-
-
-@dataclass(frozen=True)
-class ClusterStudy:
-    """What `scale` computes each cluster size from."""
-
-    node_mtbf_s: float
-    """Each node's mean time between failures; the cluster's is this / nodes."""
-    ckpt_s: float
-    """Save cost C (the whole job stalls for it)."""
-    restart_s: float
-    """Restart cost R."""
-    work_s: float
-    """Compute one simulated run needs."""
-    fixed_s: tuple[float, ...] = (1800.0,)
-    """Fixed intervals to contrast with Daly's."""
-    runs: int = 200
-    seed: int = 0
-    ckpt_jitter: float = 0.0
-    max_events: float = 1e6
-    """Simulate a cluster size only if its runs step through at most this many failures
-    (and saves, with jitter) in all: a few microseconds each."""
-    min_failures_to_fit: float = 2000.0
-    """Locate the least simulated waste only where each interval's runs see this many
-    failures in all (fewer leave the minimum in the noise)."""
-
-
-@dataclass(frozen=True)
-class ClusterSize:
-    """Daly's interval and the waste per unit of work, for one cluster size."""
-
-    nodes: int
-    mtbf_s: float
-    """The cluster's MTBF: node MTBF / nodes."""
-    daly_s: float
-    """Daly's optimal interval for C and the cluster's MTBF."""
-    waste: float
-    """Expected waste at `daly_s` (Daly's exact model, restarts included)."""
-    fixed_waste: tuple[float, ...]
-    """Expected waste at each of the study's fixed intervals."""
-    simulated: WasteEstimate | None = None
-    """Simulated waste at `daly_s`; None where not simulated (too many failures)."""
-    simulated_fixed: tuple[WasteEstimate, ...] = ()
-    best_simulated_s: float | None = None
-    """The fixed interval of least simulated waste, from `SEARCH_FACTORS` x `daly_s`."""
-
-
-def scale(study: ClusterStudy, nodes: int) -> ClusterSize:
-    """Daly's interval and the waste on `nodes` nodes: analytic, and simulated if cheap."""
-    mtbf_s = cluster_mtbf_s(study.node_mtbf_s, nodes)
-    daly_s = daly_interval_s(study.ckpt_s, mtbf_s)
-    search_s = [daly_s * factor for factor in SEARCH_FACTORS]
-    intervals_s = [daly_s, *study.fixed_s, *search_s]
-    expected = [
-        expected_waste_fraction(interval_s, study.ckpt_s, mtbf_s, study.restart_s)
-        for interval_s in intervals_s
-    ]
-    size = ClusterSize(
-        nodes, mtbf_s, daly_s, expected[0], tuple(expected[1 : 1 + len(study.fixed_s)])
-    )
-    scenario = Scenario(
-        ClusterFailures(study.node_mtbf_s, nodes),
-        study.ckpt_s,
-        study.restart_s,
-        study.work_s,
-        study.runs,
-        study.seed,
-        study.ckpt_jitter,
-    )
-    events = 0.0
-    for interval_s, waste in zip(intervals_s, expected, strict=True):
-        wall_s = study.work_s * min(1.0 + waste, scenario.max_wall_factor)
-        saves = wall_s / interval_s if study.ckpt_jitter > 0 else 0.0
-        events += study.runs * (wall_s / mtbf_s + saves)
-    if not events <= study.max_events:
-        return size
-    result = simulate(scenario, [Fixed(interval_s) for interval_s in intervals_s])
-    estimates = [WasteEstimate.of(strategy, study.work_s) for strategy in result.strategies]
-    first_search = 1 + len(study.fixed_s)
-    best_s = None
-    if study.runs * study.work_s / mtbf_s >= study.min_failures_to_fit:
-        best_s = fitted_minimum_s(search_s, [e.fraction for e in estimates[first_search:]])
-    return dataclasses.replace(
-        size,
-        simulated=estimates[0],
-        simulated_fixed=tuple(estimates[1:first_search]),
-        best_simulated_s=best_s,
-    )
