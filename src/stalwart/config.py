@@ -286,7 +286,9 @@ class LauncherConfig(_Section):
 
     kind: Literal["direct", "torchrun"] = "direct"
     """direct: run `command` as is; torchrun: run it as the workers of a torchrun agent,
-    one stalwart per node restarting that node's agent."""
+    one stalwart per node restarting that node's agent. Under torchrun a `command` whose
+    first element ends in `.py` runs with the launcher's Python; any other command runs as
+    written in each worker (`--no-python`: `python train.py`, `python -m pkg`, `./run.sh`)."""
     nnodes: int = Field(default=1, ge=1)
     """Nodes in the job (one stalwart each); with more than one, only node 0 prunes and
     uploads the shared checkpoint directory."""
