@@ -412,6 +412,12 @@ def test_only_the_primary_node_prunes_the_shared_directory(
 ) -> None:
     record = tmp_path / "a.jsonl"
     trainer = [sys.executable, str(TRAINERS / "storer.py"), "--record", str(record), "--saves"]
+    # Another node's save in progress, and a prune the primary was doing when it died.
+    saving = tmp_path / "ck" / ".staging-step-000000099-4242"
+    pruning = tmp_path / "ck" / ".deleting-step-000000001-4242"
+    for leftover in (saving, pruning):
+        leftover.mkdir(parents=True)
+        (leftover / "part").write_bytes(b"x")
     supervisor = _supervise(
         tmp_path,
         runtime_dir,
@@ -428,7 +434,10 @@ def test_only_the_primary_node_prunes_the_shared_directory(
     _, stderr = supervisor.communicate(timeout=50)
     assert supervisor.returncode == 0, stderr
     steps = sorted(p.name for p in (tmp_path / "ck").glob("step-*"))
+    assert saving.is_dir()  # a node never removes a save that may be another node's
     if node == 0:
         assert steps == ["step-000000005"]
+        assert not pruning.exists()
     else:
         assert len(steps) == 5 and "pruned checkpoint" not in stderr
+        assert pruning.is_dir()

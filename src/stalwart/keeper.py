@@ -90,8 +90,14 @@ class CheckpointKeeper:
         self.lock = threading.Lock()
         self._observer: CheckpointObserver | None = None
 
-    def prepare_resume(self) -> ResumeDecision:
-        """The newest intact checkpoint; newer broken ones are quarantined and journaled."""
+    def prepare_resume(
+        self, *, remove_staging: bool = True, remove_deleting: bool = True
+    ) -> ResumeDecision:
+        """The newest intact checkpoint; newer broken ones are quarantined and journaled.
+
+        On a directory shared by several nodes, another node's save or prune may be in
+        progress: `remove_staging` / `remove_deleting` False leave those leftovers alone.
+        """
         with self.lock:
             # Framework aliases first (Lightning's last.ckpt, torn HF checkpoint-N/):
             # a framework resumes from them by name, not from STALWART_RESUME_FROM.
@@ -104,6 +110,8 @@ class CheckpointKeeper:
                 self.root,
                 cache=JournalVerifyCache(self._journal, self.root),
                 foreign_globs=self.config.foreign_globs,
+                remove_staging=remove_staging,
+                remove_deleting=remove_deleting,
             )
         for repair in repairs:
             logger.warning("%s", repair.describe())

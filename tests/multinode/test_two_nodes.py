@@ -162,12 +162,15 @@ def test_two_nodes_recover_from_a_killed_rank_and_a_truncated_shard(
     os.truncate(shard, shard.stat().st_size // 2)
     for log in out.glob("rank-*.jsonl"):
         log.unlink()
+    unfinished = ckpt / ".staging-step-000000099-4242"  # a save that never committed
+    unfinished.mkdir()
     finish(start_nodes(tmp_path, runtime_dirs, MORE_STEPS), timeout_s=180)
     again = [r for r in rank_records(out) if r["event"] == "start"]
     assert {r["resumed_from"] for r in again} == {previous.name}, again
     finals = {r["digest"] for r in rank_records(out) if r["event"] == "final"}
     assert finals == {expected[MORE_STEPS]}
     assert any((ckpt / ".quarantine").glob(f"{newest.name}-*"))
+    assert not unfinished.exists()  # removed by rank 0 once every rank was resuming
 
 
 @pytest.mark.timeout(240)

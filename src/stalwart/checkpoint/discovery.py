@@ -304,17 +304,26 @@ def find_newest_intact(
 
 
 def remove_leftovers(
-    root: Path, *, ops: FsOps | None = None, listing: Listing | None = None
+    root: Path,
+    *,
+    ops: FsOps | None = None,
+    listing: Listing | None = None,
+    staging: bool = True,
+    deleting: bool = True,
 ) -> tuple[Path, ...]:
-    """Remove staging directories of interrupted saves and half-done prunes; report each.
+    """Remove staging directories of interrupted saves (`staging`) and half-done prunes
+    (`deleting`); report each.
 
-    Call it only when no writer is running (the supervisor: before launching the trainer).
+    Call it only when no writer of that kind is running: the supervisor before launching
+    the trainer; on a directory shared by several nodes, a save in progress may be another
+    node's, so there the trainer's rank 0 removes staging when every rank is resuming.
     """
     ops = ops or FsOps()
     if listing is None:
         listing = scan(root)
     removed = []
-    for entry in (*listing.staging, *listing.deleting):
+    chosen = (*(listing.staging if staging else ()), *(listing.deleting if deleting else ()))
+    for entry in chosen:
         staged = parse_staging(entry.name)
         if staged is not None:
             logger.warning(
@@ -382,15 +391,20 @@ def prepare_resume(
     foreign_globs: Sequence[str] = (),
     ops: FsOps | None = None,
     limits: FormatLimits = DEFAULT_LIMITS,
+    remove_staging: bool = True,
+    remove_deleting: bool = True,
 ) -> ResumeDecision:
     """At each (re)start, before the trainer runs: clean leftovers, find the newest intact
     checkpoint, and quarantine the newer ones that failed verification.
 
     Unrecognized foreign entries are skipped but left alone: they may not be checkpoints.
+    `remove_staging`, `remove_deleting`: see remove_leftovers (False on shared directories).
     """
     ops = ops or FsOps()
     listing = scan(root, foreign_globs)
-    removed = remove_leftovers(root, ops=ops, listing=listing)
+    removed = remove_leftovers(
+        root, ops=ops, listing=listing, staging=remove_staging, deleting=remove_deleting
+    )
     found = find_newest_intact(root, cache=cache, limits=limits, listing=listing)
     quarantined = []
     for info in found.skipped:

@@ -378,9 +378,18 @@ class Supervisor(
             attempt.kill(self.config.stop.kill_wait_s)
 
     def _resume_from(self) -> str:
-        """The newest checkpoint that verifies intact (newer broken ones are quarantined)."""
+        """The newest checkpoint that verifies intact (newer broken ones are quarantined).
+
+        On a directory shared by nodes, an unfinished save may be another node's, still
+        running: the trainer's rank 0 removes those once every rank is resuming. Only the
+        primary prunes, so only it removes a prune's leftovers.
+        """
         assert self.keeper is not None
-        return self.keeper.prepare_resume().env_value
+        single = self.role.nnodes == 1
+        decision = self.keeper.prepare_resume(
+            remove_staging=single, remove_deleting=self.role.primary
+        )
+        return decision.env_value
 
     def _launch(self) -> None:
         assert self.journal is not None

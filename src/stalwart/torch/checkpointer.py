@@ -445,6 +445,7 @@ class Checkpointer:
         source = self._source(path)
         if self._ranks is not None and self.client.supervised:
             source = sharded_mod.agree_on_resume(self._ranks, source)
+            sharded_mod.remove_unfinished_saves(self._ranks, self.store.root)
         elif self._ranks is not None:
             chosen = self._ranks.from_rank0(None if source is None else str(source))
             source = None if chosen is None else Path(chosen)

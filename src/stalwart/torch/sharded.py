@@ -54,6 +54,7 @@ from stalwart.checkpoint import (
     Defect,
     Transaction,
 )
+from stalwart.checkpoint.discovery import remove_leftovers
 from stalwart.checkpoint.layout import checkpoint_name, parse_step
 from stalwart.checkpoint.manifest import FileEntry
 from stalwart.checkpoint.seal import seal
@@ -332,6 +333,17 @@ def agree_on_resume(ranks: Ranks, candidate: Path | None) -> Path | None:
         f"the ranks chose {sorted({str(c) for c in choices})} and no choice is intact on "
         "every rank: is the checkpoint directory shared by every node?",
     )
+
+
+def remove_unfinished_saves(ranks: Ranks, root: Path) -> None:
+    """Rank 0 removes staging directories of saves that never committed, once every rank
+    is resuming (so none is saving). Each node's supervisor leaves them alone: on a
+    directory shared by nodes, a save in progress may be another node's."""
+    if ranks.rank == 0 and root.is_dir():
+        try:
+            remove_leftovers(root, deleting=False)
+        except OSError as exc:
+            logger.warning("could not remove unfinished saves in %s: %s", root, exc)
 
 
 def load_shards(
