@@ -150,3 +150,16 @@ def test_classify_is_total_and_consistent(
         assert verdict.kind.is_failure
     if verdict.kind in (ExitKind.HANG, ExitKind.PREEMPTED, ExitKind.INFRA, ExitKind.OOM):
         assert verdict.retryable
+
+
+def test_a_worker_that_left_for_another_nodes_drain_is_that_nodes_preemption() -> None:
+    """PEER_DRAIN=1: relaunch (no budget), whatever the launcher's exit status; DONE=1 and
+    an operator's stop of this node still win."""
+    peer = ExitContext(attempt=1, uptime_s=50, peer_drained=True)
+    for status in (ExitStatus(0, None), ExitStatus(1, None), ExitStatus(None, 15)):
+        verdict = classify(status, [], peer)
+        assert verdict.kind is ExitKind.PREEMPTED and verdict.retryable
+    done = ExitContext(attempt=1, uptime_s=50, peer_drained=True, done_reported=True)
+    assert classify(ExitStatus(0, None), [], done).kind is ExitKind.COMPLETED
+    stopped = ExitContext(attempt=1, uptime_s=50, peer_drained=True, stop_requested=True)
+    assert classify(ExitStatus(0, None), [], stopped).kind is ExitKind.STOPPED

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ from stalwart.checkpoint.retention import RetentionItem, RetentionPlan, apply_re
 from stalwart.errors import ConfigError
 from stalwart.journal import Journal
 from stalwart.launcher import NodeRole, launch_argv, node_role
+from stalwart.paths import JOURNAL_NAME
 from tests.conftest import wait_for
 from tests.supervised import alive, environment, records, stalwart_argv
 
@@ -441,3 +443,23 @@ def test_only_the_primary_node_prunes_the_shared_directory(
     else:
         assert len(steps) == 5 and "pruned checkpoint" not in stderr
         assert pruning.is_dir()
+
+
+def test_a_launcher_lingering_after_its_workers_left_for_a_peer_is_stopped_and_relaunched(
+    tmp_path: Path, runtime_dir: Path
+) -> None:
+    """PEER_DRAIN=1: another node drained the job. The launcher (torchrun's agent at its
+    exit barrier) is stopped after `launcher.peer_exit_s`, and the attempt counts as that
+    node's preemption: relaunched with no budget spent, not taken for the end of training."""
+    supervisor = _supervise(
+        tmp_path,
+        runtime_dir,
+        ["--set", "launcher.peer_exit_s=0.5", "--set", "restart.max_restarts=0"],
+        [sys.executable, str(TRAINERS / "peer_left.py")],
+    )
+    _, stderr = supervisor.communicate(timeout=50)
+    assert supervisor.returncode == 0, stderr
+    assert "still waiting for that node" in stderr
+    with sqlite3.connect(tmp_path / "state" / JOURNAL_NAME) as db:
+        kinds = [kind for (kind,) in db.execute("SELECT kind FROM attempts ORDER BY attempt")]
+    assert kinds == ["PREEMPTED", "COMPLETED"]

@@ -27,6 +27,9 @@ class ExitContext:
     memory_at_limit: bool = False
     done_reported: bool = False
     """The trainer said DONE=1: an exit 0 is completion even while draining."""
+    peer_drained: bool = False
+    """The trainer said PEER_DRAIN=1: it saved and left because another node of a
+    multi-node job drained (that node's preemption or stop), not because it finished."""
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,14 @@ def classify(
     if context.preemption_pending:
         # Also an exit 0: a trainer that drained for a preemption has not finished training.
         return Classification(ExitKind.PREEMPTED, True, f"machine is being preempted ({described})")
+    if context.peer_drained:
+        # Leaving was the job's, not this node's (whatever the launcher's exit status after
+        # its workers left): relaunch and rejoin the others at the rendezvous.
+        return Classification(
+            ExitKind.PREEMPTED,
+            True,
+            f"another node drained the job, its preemption or stop ({described})",
+        )
     if status.code == 0:
         return Classification(ExitKind.COMPLETED, False, "exit code 0")
     if context.hang_killed:

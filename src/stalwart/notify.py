@@ -22,7 +22,7 @@ MAX_DATAGRAM_BYTES = 64 * 1024
 SO_TIMESTAMP = 29
 """Linux's SO_TIMESTAMP (not exported by the socket module); SCM_TIMESTAMP has the same value."""
 SCM_TIMESTAMP = SO_TIMESTAMP
-INT_KEYS = frozenset({"READY", "STEP", "CKPT_BEGIN", "CKPT_BYTES", "DONE", "RANK"})
+INT_KEYS = frozenset({"READY", "STEP", "CKPT_BEGIN", "CKPT_BYTES", "DONE", "RANK", "PEER_DRAIN"})
 FLOAT_KEYS = frozenset({"CKPT_STALL_S", "CKPT_PERSIST_S"})
 TEXT_KEYS = frozenset({"STATUS", "CKPT_DONE"})
 KNOWN_KEYS = INT_KEYS | FLOAT_KEYS | TEXT_KEYS

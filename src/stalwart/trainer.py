@@ -112,6 +112,10 @@ class Trainer:
         self.killed = False
         self.hang_killed = False
         self.done_reported = False
+        self.peer_drained = False
+        """A rank said PEER_DRAIN=1: another node drained the job."""
+        self.peer_exit_at_s: float | None = None
+        """When the launcher is stopped if it has not exited after PEER_DRAIN."""
         self.ready_s: float | None = None
         """Launch to first step heartbeat, once seen."""
         self.produced_checkpoint = False

@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,10 +45,17 @@ def runtime_dirs() -> Iterator[tuple[Path, Path]]:
 
 
 def node_config(
-    tmp_path: Path, node: int, port: int, steps: int, *, nnodes: int = 2, nproc: int = 1
+    tmp_path: Path,
+    node: int,
+    port: int,
+    steps: int,
+    *,
+    nnodes: int = 2,
+    nproc: int = 1,
+    step_s: float = 0.05,
 ) -> Path:
     out = tmp_path / "out"
-    trainer = [str(TRAINER), "--steps", str(steps), "--out", str(out), "--step-s", "0.05"]
+    trainer = [str(TRAINER), "--steps", str(steps), "--out", str(out), "--step-s", str(step_s)]
     config: dict[str, Any] = {
         "name": "two-nodes",
         "command": [sys.executable, *trainer, "--digest-at", str(STEPS)],
@@ -68,26 +76,27 @@ def node_config(
     return path
 
 
+def start_node(
+    tmp_path: Path, runtime_dirs: tuple[Path, Path], node: int, port: int, **options: Any
+) -> subprocess.Popen[str]:
+    (tmp_path / "scratch").mkdir(exist_ok=True)
+    env = environment(runtime_dirs[node])
+    env["TMPDIR"] = str(tmp_path / "scratch")
+    return subprocess.Popen(
+        stalwart_argv("run", str(node_config(tmp_path, node, port, **options))),
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
 def start_nodes(
     tmp_path: Path, runtime_dirs: tuple[Path, Path], steps: int
 ) -> list[subprocess.Popen[str]]:
     port = free_port()
-    (tmp_path / "scratch").mkdir(exist_ok=True)
-    nodes = []
-    for node, runtime in enumerate(runtime_dirs):
-        env = environment(runtime)
-        env["TMPDIR"] = str(tmp_path / "scratch")
-        nodes.append(
-            subprocess.Popen(
-                stalwart_argv("run", str(node_config(tmp_path, node, port, steps))),
-                cwd=tmp_path,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
-    return nodes
+    return [start_node(tmp_path, runtime_dirs, node, port, steps=steps) for node in (0, 1)]
 
 
 def finish(nodes: list[subprocess.Popen[str]], timeout_s: float) -> list[str]:
@@ -114,8 +123,10 @@ def checkpoints(root: Path) -> list[Path]:
     return sorted(root.glob("step-*"), key=lambda p: parse_step(p.name) or -1, reverse=True)
 
 
-def uninterrupted(tmp_path: Path) -> dict[int, str]:
+@pytest.fixture(scope="module")
+def expected(tmp_path_factory: pytest.TempPathFactory) -> dict[int, str]:
     """The digest at STEPS and MORE_STEPS of a run nothing interrupts (no supervisor)."""
+    tmp_path = tmp_path_factory.mktemp("uninterrupted")
     out = tmp_path / "baseline"
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1"]
     argv += ["--nproc-per-node=2", str(TRAINER), "--steps", str(MORE_STEPS), "--out", str(out)]
@@ -134,9 +145,8 @@ def uninterrupted(tmp_path: Path) -> dict[int, str]:
 
 @pytest.mark.timeout(420)
 def test_two_nodes_recover_from_a_killed_rank_and_a_truncated_shard(
-    tmp_path: Path, runtime_dirs: tuple[Path, Path]
+    tmp_path: Path, runtime_dirs: tuple[Path, Path], expected: dict[int, str]
 ) -> None:
-    expected = uninterrupted(tmp_path)
     out, ckpt = tmp_path / "out", tmp_path / "ckpt"
 
     nodes = start_nodes(tmp_path, runtime_dirs, STEPS)
@@ -199,3 +209,42 @@ def test_two_ranks_on_one_node_save_at_the_interval_and_report_each_save_once(
     steps = [step for (step,) in rows]
     assert len(steps) == len(set(steps))  # one report per save, not one per rank
     assert {parse_step(p.name) for p in saved} <= set(steps)
+
+
+@pytest.mark.timeout(300)
+def test_a_node_stopped_leaves_the_other_waiting_and_both_finish_when_it_returns(
+    tmp_path: Path, runtime_dirs: tuple[Path, Path], expected: dict[int, str]
+) -> None:
+    """Stopping one node (its preemption, or `stalwart stop`) drains the whole job: every
+    rank saves the same step. The other node's trainer leaves with PEER_DRAIN=1 and its
+    supervisor relaunches it to wait at the rendezvous, not to call the job finished."""
+    out, ckpt, port = tmp_path / "out", tmp_path / "ckpt", free_port()
+    node0, node1 = (
+        start_node(tmp_path, runtime_dirs, node, port, steps=STEPS, step_s=0.1) for node in (0, 1)
+    )
+    try:
+        wait_for(lambda: len(checkpoints(ckpt)) >= 1, 120, "a sharded checkpoint")
+        node0.send_signal(signal.SIGTERM)
+        finish([node0], timeout_s=60)
+        wait_for(
+            lambda: len([r for r in rank_records(out) if r["event"] == "drained"]) == 2,
+            30,
+            "both ranks to drain",
+        )
+        drained = {r["step"] for r in rank_records(out) if r["event"] == "drained"}
+        assert len(drained) == 1 and min(drained) < STEPS  # one step, saved on every rank
+        time.sleep(2)
+        assert node1.poll() is None  # relaunched, waiting for node 0 at the rendezvous
+        node0 = start_node(tmp_path, runtime_dirs, 0, port, steps=STEPS, step_s=0.1)
+        finish([node0, node1], timeout_s=180)
+    finally:
+        for node in (node0, node1):
+            if node.poll() is None:
+                node.kill()
+                node.communicate(timeout=30)
+    starts = [r for r in rank_records(out) if r["event"] == "start"]
+    resumed = {r["resumed_from"] for r in starts if r["resumed_from"] is not None}
+    # Both nodes resumed from the step they drained at: no work lost, none done twice.
+    assert {parse_step(name) for name in resumed} == drained, starts
+    finals = {r["digest"] for r in rank_records(out) if r["event"] == "final"}
+    assert finals == {expected[STEPS]}

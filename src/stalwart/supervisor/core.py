@@ -214,7 +214,12 @@ class Supervisor(
         attempt = self.attempt
         if attempt is not None:
             deadlines.append(self._sample_at_s)
-            for deadline in (attempt.kill_at_s, attempt.abandon_at_s, attempt.chaos_at_s):
+            for deadline in (
+                attempt.kill_at_s,
+                attempt.abandon_at_s,
+                attempt.chaos_at_s,
+                attempt.peer_exit_at_s,
+            ):
                 if deadline is not None:
                     deadlines.append(deadline)
             if not attempt.hang_killed and self.machine.state is not State.STOPPING:
@@ -274,6 +279,15 @@ class Supervisor(
                 )
                 attempt.chaos_killed = True
                 process.signal_group(attempt.pid, signal.Signals[self.config.chaos.signal])
+        if attempt.peer_exit_at_s is not None and now >= attempt.peer_exit_at_s:
+            attempt.peer_exit_at_s = None
+            if not attempt.stop_signal_sent:
+                logger.info(
+                    "%s: the workers left after another node drained the job, but the launcher "
+                    "is still waiting for that node (torchrun's exit barrier); stopping it",
+                    self.config.name,
+                )
+                attempt.send_stop(self.config.stop.signum, self.config.stop.grace_s)
         if now >= self._sample_at_s:
             self._sample_at_s = now + self.config.monitor.sample_interval_s
             attempt.record_sample(self._sampler.sample(attempt.pid))
@@ -481,6 +495,7 @@ class Supervisor(
             hang_killed=attempt.hang_killed,
             preemption_pending=self._preemption is not None,
             done_reported=attempt.done_reported,
+            peer_drained=attempt.peer_drained,
             memory_at_limit=memory_at_limit(
                 attempt.last_sample, self.config.monitor.memory_limit_fraction
             )

@@ -74,6 +74,9 @@ class NotifyMixin(SupervisorState):
             self._on_save_report(attempt, fields)
         if "DONE" in fields:
             attempt.done_reported = True
+        if "PEER_DRAIN" in fields and not attempt.peer_drained:
+            attempt.peer_drained = True
+            attempt.peer_exit_at_s = now_s + self.config.launcher.peer_exit_s
         status = fields.get("STATUS")
         if isinstance(status, str):
             attempt.status_text = status

@@ -271,6 +271,10 @@ class Checkpointer:
         if self._requested_step != step:
             self.save(step, wait=True)
         self._exiting = True
+        if self._signals.exit_signal is None and not self.client.drain:
+            # This node's supervisor did not ask for it: it relaunches the job to rejoin the
+            # others, instead of taking the exit for the end of training.
+            self.client.send(PEER_DRAIN=1)
 
     def save(self, step: int, *, wait: bool = False) -> bool:
         """Save the state as of `step` now; False if skipped (`busy="skip"`, or `step` was
