@@ -25,6 +25,7 @@ from stalwart.checkpoint.layout import parse_step
 from stalwart.paths import JOURNAL_NAME
 from tests.conftest import wait_for
 from tests.supervised import environment, records, stalwart_argv
+from tests.torchrun import run_two_ranks
 
 TRAINER = Path(__file__).parents[1] / "trainers" / "ddp_train.py"
 STEPS, MORE_STEPS = 60, 80
@@ -128,13 +129,8 @@ def expected(tmp_path_factory: pytest.TempPathFactory) -> dict[int, str]:
     """The digest at STEPS and MORE_STEPS of a run nothing interrupts (no supervisor)."""
     tmp_path = tmp_path_factory.mktemp("uninterrupted")
     out = tmp_path / "baseline"
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1"]
-    argv += ["--nproc-per-node=2", str(TRAINER), "--steps", str(MORE_STEPS), "--out", str(out)]
-    argv += ["--digest-at", str(STEPS), "--ckpt-dir", str(tmp_path / "baseline-ckpt")]
-    env = {**os.environ, "TMPDIR": str(tmp_path / "scratch"), "OMP_NUM_THREADS": "1"}
-    (tmp_path / "scratch").mkdir(exist_ok=True)
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=90, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
+    args = ["--steps", str(MORE_STEPS), "--out", str(out), "--digest-at", str(STEPS)]
+    run_two_ranks(tmp_path / "scratch", TRAINER, *args, "--ckpt-dir", str(tmp_path / "ckpt"))
     digests: dict[int, set[str]] = {}
     for r in rank_records(out):
         if r["event"] in ("digest", "final"):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from stalwart.checkpoint.verify import read_manifest
 from stalwart.torch import Checkpointer
 from stalwart.torch.sharded import METADATA_FILE, agree_on_resume, rank_files
 from tests.supervised import records
+from tests.torchrun import run_two_ranks
 
 TRAINER = Path(__file__).parents[1] / "trainers" / "ddp_train.py"
 sys.path.insert(0, str(TRAINER.parent))
@@ -26,13 +26,7 @@ from ddp_train import Net  # noqa: E402
 
 def torchrun(tmp_path: Path, out: Path, *args: str) -> None:
     """Two ranks on this machine, without a supervisor."""
-    scratch = tmp_path / "scratch"  # torchrun's own temp files stay out of the test's TMPDIR
-    scratch.mkdir(exist_ok=True)
-    env = {**os.environ, "TMPDIR": str(scratch), "OMP_NUM_THREADS": "1"}
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1"]
-    argv += ["--nproc-per-node=2", str(TRAINER), "--out", str(out), *args]
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=90, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_two_ranks(tmp_path / "scratch", TRAINER, "--out", str(out), *args)
 
 
 def final_digests(out: Path) -> set[str]:
