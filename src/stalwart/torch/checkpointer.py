@@ -57,6 +57,10 @@ from stalwart.torch.tree import SnapshotBuffers, flatten, for_direct_write
 
 logger = logging.getLogger(__name__)
 
+AGREE_EVERY_S = 0.1
+"""Sharded: how often (in training time) the ranks agree on whether to save or leave."""
+MAX_STRIDE = 1000
+
 
 @runtime_checkable
 class Stateful(Protocol):
@@ -193,6 +197,11 @@ class Checkpointer:
         if sharded is None:
             sharded = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         self._ranks = sharded_mod.Ranks() if sharded else None
+        self._until_agreement = 1
+        """Steps until the ranks next agree on saving and leaving (sharded only)."""
+        self._asked = False
+        self._step_s: float | None = None
+        self._last_step_s: float | None = None
         self._local_rank = int(env.get("LOCAL_RANK", "0") or 0)
         self.store = _resolve_store(store, ckpt_dir, env)
         self._owns_client = client is None
@@ -241,17 +250,49 @@ class Checkpointer:
             return True
         self._collect(wait=False)
         self.client.step(step)
-        leave = self._signals.exit_signal is not None or self.client.drain
-        asked = self._signals.take_save_request()
-        due = asked or (not self._background.pending and self._due(step))
         if self._ranks is not None:
-            leave, due = self._ranks.any(leave, due)  # one rank asked: every rank does it
+            return self._step_end_ranked(self._ranks, step)
+        if self._signals.exit_signal is not None or self.client.drain:
+            self._drain(step)
+            return True
+        asked = self._signals.take_save_request()
+        if asked or (not self._background.pending and self._due(step)):
+            self.save(step)
+        return False
+
+    def _step_end_ranked(self, ranks: sharded_mod.Ranks, step: int) -> bool:
+        """Every `stride` steps, the ranks do what any of them asked for at the previous
+        agreement, then post what each wants now (after acting, so a save is never asked
+        twice). The reduction runs in the background meanwhile: its latency hides behind
+        training, and the stride keeps its cost small against short steps."""
+        now_s = self._clock()
+        if self._last_step_s is not None:
+            gap_s = now_s - self._last_step_s
+            self._step_s = gap_s if self._step_s is None else 0.9 * self._step_s + 0.1 * gap_s
+        self._last_step_s = now_s
+        self._asked = self._signals.take_save_request() or self._asked
+        self._until_agreement -= 1
+        if self._until_agreement > 0:
+            return False
+        agreed = ranks.collect()
+        leave, due, stride = agreed if agreed is not None else (0, 0, 1)
+        self._until_agreement = stride
         if leave:
             self._drain(step)
             return True
         if due:
             self.save(step)
+        wants_out = self._signals.exit_signal is not None or self.client.drain
+        wants_save = self._asked or (not self._background.pending and self._due(step))
+        self._asked = False
+        ranks.post(int(wants_out), int(wants_save), self._stride())
         return False
+
+    def _stride(self) -> int:
+        """Steps between agreements: about AGREE_EVERY_S of training, at least one step."""
+        if self._step_s is None or self._step_s <= 0:
+            return 1
+        return max(1, min(MAX_STRIDE, int(AGREE_EVERY_S / self._step_s)))
 
     def _due(self, step: int) -> bool:
         if self.interval_s is not None and not self.client.supervised:
@@ -550,6 +591,8 @@ class Checkpointer:
             self._collect(wait=True)
         finally:
             self._closed = True
+            if self._ranks is not None:
+                self._ranks.close()
             self._signals.close()
             self._model_buffers.clear()
             self._state_buffers.clear()

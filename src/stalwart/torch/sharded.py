@@ -35,6 +35,7 @@ import torch
 import torch.distributed as dist
 from safetensors import SafetensorError
 from torch.distributed.checkpoint.filesystem import FileSystemWriter
+from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
     get_state_dict,
@@ -115,24 +116,68 @@ class Ranks:
         """The training thread's agreements: when to save, where to resume."""
         self.saves = dist.new_group(backend="gloo")
         """The save being written (in the background when asynchronous)."""
+        self.stager = DefaultStager(
+            StagingOptions(
+                use_pinned_memory=torch.cuda.is_available(),
+                use_shared_memory=False,
+                use_async_staging=False,
+                use_non_blocking_copy=False,
+            )
+        )
+        """Copies the shards to memory for an asynchronous save, into buffers it keeps."""
+        self._pending: tuple[Any, torch.Tensor] | None = None
+        self._settled: tuple[int, ...] | None = None
+
+    def collect(self) -> tuple[int, ...] | None:
+        """The values every rank posted last, each the maximum over ranks; None if nothing
+        was posted since the last collect."""
+        self.settle()
+        values, self._settled = self._settled, None
+        return values
+
+    def post(self, *values: int) -> None:
+        """Start reducing (max over ranks) these values in the background; `collect` them
+        later, after the same number of posts on every rank."""
+        self.settle()
+        tensor = torch.tensor(values, dtype=torch.int64)
+        work = dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=self.steps, async_op=True)
+        self._pending = (work, tensor)
+
+    def settle(self) -> None:
+        """Finish a reduction still in flight (before any other collective on `steps`); its
+        values wait for `collect`."""
+        if self._pending is not None:
+            work, tensor = self._pending
+            self._pending = None
+            work.wait()
+            self._settled = tuple(int(value) for value in tensor.tolist())
+
+    def close(self) -> None:
+        self.settle()
+        self.stager.close()
 
     def any(self, *flags: bool) -> tuple[bool, ...]:
         """Each flag OR-ed over all ranks (one small all-reduce)."""
+        self.settle()
         tensor = torch.tensor([int(flag) for flag in flags], dtype=torch.int32)
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=self.steps)
         return tuple(bool(value) for value in tensor.tolist())
 
     def all(self, flag: bool) -> bool:
+        self.settle()
         tensor = torch.tensor([int(flag)], dtype=torch.int32)
         dist.all_reduce(tensor, op=dist.ReduceOp.MIN, group=self.steps)
         return bool(tensor.item())
 
     def from_rank0(self, value: Any, group: Any = None) -> Any:
+        if group is None:
+            self.settle()
         box = [value if self.rank == 0 else None]
         dist.broadcast_object_list(box, src=0, group=group or self.steps)
         return box[0]
 
     def everyone(self, value: Any) -> list[Any]:
+        self.settle()
         gathered: list[Any] = [None] * self.world_size
         dist.all_gather_object(gathered, value, group=self.steps)
         return gathered
@@ -266,7 +311,9 @@ def start_save(
     pending: Future[Any] | None = None
     try:
         if background:
-            started = dcp_async_save(shards, storage_writer=writer, process_group=group)
+            started = dcp_async_save(
+                shards, storage_writer=writer, process_group=group, async_stager=ranks.stager
+            )
             assert isinstance(started, Future)
             pending = started
         else:
@@ -361,6 +408,7 @@ def load_shards(
             warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
             dcp_load(state, checkpoint_id=path, no_dist=True)
     else:
+        ranks.settle()
         dcp_load(state, checkpoint_id=path, process_group=ranks.steps)
     if optimizer is None:
         set_model_state_dict(model, state["model"])
