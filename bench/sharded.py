@@ -128,8 +128,9 @@ def worker(args: argparse.Namespace) -> None:
             "step_end_overhead_idle": median(steps[False, True]) / median(steps[False, False]) - 1,
             "step_end_overhead_busy": median(steps[True, True]) / median(steps[True, False]) - 1,
         }
-        print(json.dumps(result, indent=2))
-    dist.destroy_process_group()
+        print(json.dumps(result, indent=2), flush=True)
+    dist.barrier()
+    os._exit(0)  # as tests/trainers/ddp_train.py: gloo teardown can deadlock under load
 
 
 def main() -> int:
