@@ -153,8 +153,11 @@ class Ranks:
             self._settled = tuple(int(value) for value in tensor.tolist())
 
     def close(self) -> None:
+        """Finish what is in flight and let go of the groups: they are then freed with the
+        job's own, by destroy_process_group(), never later from this object's finalizer."""
         self.settle()
         self.stager.close()
+        del self.steps, self.saves
 
     def any(self, *flags: bool) -> tuple[bool, ...]:
         """Each flag OR-ed over all ranks (one small all-reduce)."""
