@@ -89,18 +89,13 @@ def tree_groups(pid: int) -> set[int]:
     torchrun's workers lead groups (and sessions) of their own; each group named here is
     live now, so signalling it cannot hit a recycled id.
     """
-    own = os.getpgrp()
     groups = {pid}
-    try:
-        descendants = psutil.Process(pid).children(recursive=True)
-    except psutil.Error:
-        descendants = []
-    for proc in descendants:
+    for member in tree_pids(pid)[1:]:
         try:
-            groups.add(os.getpgid(proc.pid))
+            groups.add(os.getpgid(member))
         except OSError:
             continue
-    groups.discard(own)
+    groups.discard(os.getpgrp())
     return groups
 
 
