@@ -142,35 +142,25 @@ class Transaction:
 
     def commit(self) -> Committed:
         """Make the checkpoint durable under its final name; on failure, remove staging."""
-        self._require_open()
-        try:
-            committed = self.store.finish(self.dir, self.step, self.meta, staging_owned=True)
-        except BaseException:
-            self.state = TxState.ABORTED
-            raise
-        self.state = TxState.COMMITTED
-        self.committed = committed
-        return committed
+        return self._finish(
+            lambda: self.store.finish(self.dir, self.step, self.meta, staging_owned=True)
+        )
 
     def commit_sealed(self, files: Iterable[FileEntry]) -> Committed:
         """Commit files that their writers already made durable and hashed (the ranks of a
         sharded save, each sealing its own shards); see CheckpointStore.finish_sealed."""
-        self._require_open()
-        try:
-            committed = self.store.finish_sealed(self.dir, self.step, self.meta, files)
-        except BaseException:
-            self.state = TxState.ABORTED
-            raise
-        self.state = TxState.COMMITTED
-        self.committed = committed
-        return committed
+        return self._finish(lambda: self.store.finish_sealed(self.dir, self.step, self.meta, files))
 
     def commit_copy(self, raw_manifest: bytes) -> Committed:
         """Commit files copied into `dir` from elsewhere (a download) and verified against
         `raw_manifest`, which is kept byte for byte; see CheckpointStore.finish_copy."""
+        return self._finish(lambda: self.store.finish_copy(self.dir, self.step, raw_manifest))
+
+    def _finish(self, finish: Callable[[], Committed]) -> Committed:
+        """Run one of the store's commits; the transaction is committed or aborted after."""
         self._require_open()
         try:
-            committed = self.store.finish_copy(self.dir, self.step, raw_manifest)
+            committed = finish()
         except BaseException:
             self.state = TxState.ABORTED
             raise
