@@ -1,6 +1,6 @@
 """Checkpoint interval: waste of stalwart's adaptive interval against the oracle and fixed ones.
 
-Simulated (`stalwart.simulation`), seeded, all strategies of a run sharing its
+Simulated (`stalwart.sim.engine`), seeded, all strategies of a run sharing its
 failure times and save costs. The job and machine, chosen to be realistic for a
 multi-GPU LLM fine-tune or pre-training shard:
 
@@ -31,9 +31,8 @@ import sys
 import time
 from collections.abc import Callable
 
-from stalwart.failure_models import DriftFailures, PoissonFailures, WeibullFailures
-from stalwart.interval import IntervalConfig
-from stalwart.simulation import (
+from stalwart.policy.interval import IntervalConfig
+from stalwart.sim.engine import (
     Adaptive,
     RunWaste,
     Scenario,
@@ -44,6 +43,7 @@ from stalwart.simulation import (
     simulate,
     total,
 )
+from stalwart.sim.failure_models import DriftFailures, PoissonFailures, WeibullFailures
 
 HOUR_S = 3600.0
 FIXED_MIN = (5, 15, 30, 60, 120)

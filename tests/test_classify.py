@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stalwart.classify import ExitContext, classify, compile_rules
+from stalwart.policy.classify import ExitContext, classify, compile_rules
 from stalwart.types import ExitKind, ExitStatus
 
 FIRST = ExitContext(attempt=0, uptime_s=1.0)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from stalwart.config import HangConfig
 from stalwart.journal import Journal
-from stalwart.monitor import HangDetector, quantile
+from stalwart.policy.hang import HangDetector, quantile
 from tests.supervised import environment, stalwart_argv
 
 HEARTBEAT = Path(__file__).parent / "trainers" / "heartbeat.py"

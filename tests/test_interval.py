@@ -11,14 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from stalwart.estimators import (
+from stalwart.policy.estimators import (
     ExposureRecord,
     FailureRateEstimator,
     SaveCostEstimator,
     SaveSample,
     WindowedQuantile,
 )
-from stalwart.interval import (
+from stalwart.policy.interval import (
     Basis,
     IntervalConfig,
     IntervalInputs,
@@ -491,7 +491,7 @@ def test_rebuilt_from_history_decides_the_same(caplog: pytest.LogCaptureFixture)
         live.observe_restart(restart_s)
     for save in saves[len(exposures) :]:
         live.observe_save(stall_s=save.stall_s, persist_s=save.persist_s)
-    with caplog.at_level(logging.INFO, logger="stalwart.interval"):
+    with caplog.at_level(logging.INFO, logger="stalwart.policy.interval"):
         expected = live.decide(running_exposure_s=600.0)
     assert "checkpoint interval" in caplog.text
     rebuilt = IntervalModel.from_history(

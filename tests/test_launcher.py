@@ -21,8 +21,8 @@ from stalwart.checkpoint.layout import CheckpointState
 from stalwart.checkpoint.retention import RetentionItem, RetentionPlan, apply_retention
 from stalwart.errors import ConfigError
 from stalwart.journal import Journal
-from stalwart.launcher import NodeRole, launch_argv, node_role
 from stalwart.paths import JOURNAL_NAME
+from stalwart.policy.launcher import NodeRole, launch_argv, node_role
 from tests.conftest import wait_for
 from tests.supervised import alive, environment, records, stalwart_argv
 

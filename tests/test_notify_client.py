@@ -11,9 +11,9 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stalwart.advice import Advice, write_advice
+from stalwart.channels.advice_file import Advice, write_advice
+from stalwart.channels.notify_socket import NotifySocket, parse
 from stalwart.client import Client
-from stalwart.notify import NotifySocket, parse
 
 
 def test_parse_known_unknown_and_malformed() -> None:

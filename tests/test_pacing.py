@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from stalwart.clock import FakeClock
-from stalwart.interval import IntervalConfig, daly_interval_s
 from stalwart.journal import Journal
-from stalwart.pacing import Pacer
+from stalwart.policy.interval import IntervalConfig, daly_interval_s
+from stalwart.supervisor.pacing import Pacer
 from stalwart.types import ExitKind
 from tests.supervised import environment, stalwart_argv
 

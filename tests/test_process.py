@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 
-from stalwart import process
+from stalwart.host import process
 from tests.conftest import wait_for
 from tests.supervised import alive
 
@@ -52,7 +52,7 @@ def test_trainer_dies_with_its_parent(tmp_path: Path) -> None:
     parent = textwrap.dedent(
         f"""
         import os, sys
-        from stalwart import process
+        from stalwart.host import process
         sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
         child = process.spawn(sleeper, os.environ, None)
         open({str(pid_file)!r}, "w").write(str(child.pid))
@@ -69,7 +69,7 @@ def test_sentinel_kills_watched_group_when_supervisor_vanishes(tmp_path: Path) -
     parent = textwrap.dedent(
         f"""
         import os, subprocess, sys
-        from stalwart import process
+        from stalwart.host import process
         sentinel = process.Sentinel()
         group = subprocess.Popen(
             [sys.executable, "-c", "import subprocess, sys, time;"
@@ -106,7 +106,7 @@ def test_reap_exited_collects_orphans_as_subreaper() -> None:
         """
         import os, subprocess, sys, time
         import psutil
-        from stalwart import process
+        from stalwart.host import process
         process.set_child_subreaper(True)
         # A trainer whose own child outlives it and is orphaned to us.
         trainer = subprocess.Popen([sys.executable, "-c",
@@ -139,7 +139,7 @@ def test_signal_group_reports_missing_group() -> None:
 
 
 def test_tree_pids_finds_grandchildren_cheaply() -> None:
-    from stalwart.resources import tree_pids
+    from stalwart.host.resources import tree_pids
 
     script = (
         "import subprocess, sys, time;"

@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from stalwart.cli.report import summarize
 from stalwart.journal import AttemptRecord, CheckpointRecord, IntervalRecord
-from stalwart.report import summarize
 from tests.supervised import environment, stalwart_argv
 
 

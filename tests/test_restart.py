@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from stalwart.clock import FakeClock
 from stalwart.config import RestartConfig
-from stalwart.restart import (
+from stalwart.policy.restart import (
     Action,
     IllegalTransition,
     PoisonTracker,

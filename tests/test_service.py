@@ -211,7 +211,8 @@ def test_control_refuses_other_users(tmp_path: Path, runtime_dir: Path) -> None:
         intruder = textwrap.dedent(
             f"""
             import os, pathlib
-            from stalwart import control  # imported while still allowed to read the venv
+            # imported while still allowed to read the venv
+            from stalwart.channels import control_socket as control
             os.setgid(65534); os.setuid(65534)
             print(control.request(pathlib.Path({str(sock_path)!r}), "stop"))
             """

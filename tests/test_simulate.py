@@ -13,16 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stalwart.failure_models import (
-    DriftFailures,
-    PoissonFailures,
-    TraceFailures,
-    WeibullFailures,
-    load_trace,
-)
-from stalwart.interval import daly_interval_s
-from stalwart.simulate import main, plot
-from stalwart.simulation import (
+from stalwart.cli.simulate import main, plot
+from stalwart.policy.interval import daly_interval_s
+from stalwart.sim.engine import (
     Adaptive,
     Draws,
     Fixed,
@@ -36,6 +29,13 @@ from stalwart.simulation import (
     simulate,
     simulate_run,
     total,
+)
+from stalwart.sim.failure_models import (
+    DriftFailures,
+    PoissonFailures,
+    TraceFailures,
+    WeibullFailures,
+    load_trace,
 )
 
 HOUR = 3600.0

@@ -12,22 +12,22 @@ import re
 
 import pytest
 
-from stalwart.failure_models import (
+from stalwart.cli.simulate import main
+from stalwart.policy.interval import daly_interval_s, expected_waste_fraction
+from stalwart.sim.engine import Fixed, Scenario, simulate
+from stalwart.sim.failure_models import (
     LLAMA3_405B,
     ClusterFailures,
     PoissonFailures,
     cluster_mtbf_s,
 )
-from stalwart.interval import daly_interval_s, expected_waste_fraction
-from stalwart.scaling import (
+from stalwart.sim.scaling import (
     ClusterStudy,
     WasteEstimate,
     fitted_minimum_s,
     node_sweep,
     scale,
 )
-from stalwart.simulate import main
-from stalwart.simulation import Fixed, Scenario, simulate
 
 HOUR = 3600.0
 LLAMA3_MTBF_S = 54 * 86400 / 466

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from stalwart.errors import ConfigError
-from stalwart.interval import IntervalConfig
+from stalwart.policy.interval import IntervalConfig
 from stalwart.preemption.config import PreemptionConfig
 from stalwart.remote.config import RemoteConfig
 from stalwart.types import ExitKind

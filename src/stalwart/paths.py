@@ -134,3 +134,14 @@ def bind_private_socket(path: Path, kind: socket.SocketKind) -> socket.socket:
         os.umask(old_umask)
     sock.setblocking(False)
     return sock
+
+
+def job_journal(name: str, state: Path) -> Path:
+    """The journal of an existing job, or a UsageError that says where it was looked for."""
+    journal_path = state / JOURNAL_NAME
+    if not journal_path.exists():
+        raise UsageError(
+            f"no journal for job {name!r} at {journal_path}; "
+            "pass the job's --state-dir, or run it first"
+        )
+    return journal_path

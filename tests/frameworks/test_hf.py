@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from stalwart import control
+from stalwart.channels import control_socket as control
 from stalwart.journal import Journal
 from tests.conftest import wait_for
 from tests.frameworks.helpers import EXAMPLES, HERE, TIMEOUT_S, records, run, start, starts

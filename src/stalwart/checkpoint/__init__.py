@@ -30,10 +30,10 @@ _EXPORTS: dict[str, str] = {
     "DiskFull": "stalwart.checkpoint.errors",
     "EntryKind": "stalwart.checkpoint.layout",
     "FileEntry": "stalwart.checkpoint.manifest",
-    "ForeignFormat": "stalwart.checkpoint.formats",
-    "FormatLimits": "stalwart.checkpoint.formats",
-    "FormatStatus": "stalwart.checkpoint.formats",
-    "FormatVerdict": "stalwart.checkpoint.formats",
+    "ForeignFormat": "stalwart.checkpoint.foreign",
+    "FormatLimits": "stalwart.checkpoint.foreign",
+    "FormatStatus": "stalwart.checkpoint.foreign",
+    "FormatVerdict": "stalwart.checkpoint.foreign",
     "FsOps": "stalwart.checkpoint.fsops",
     "HashAlgo": "stalwart.checkpoint.manifest",
     "Keep": "stalwart.checkpoint.retention",
@@ -57,7 +57,7 @@ _EXPORTS: dict[str, str] = {
     "WriteTracker": "stalwart.checkpoint.observe",
     "adopt": "stalwart.checkpoint.observe",
     "apply_retention": "stalwart.checkpoint.retention",
-    "check_foreign": "stalwart.checkpoint.formats",
+    "check_foreign": "stalwart.checkpoint.foreign",
     "checkpoint_name": "stalwart.checkpoint.layout",
     "disk_free_bytes": "stalwart.checkpoint.retention",
     "examine": "stalwart.checkpoint.discovery",
@@ -128,19 +128,19 @@ if TYPE_CHECKING:
     from stalwart.checkpoint.errors import (
         StepExists as StepExists,
     )
-    from stalwart.checkpoint.formats import (
+    from stalwart.checkpoint.foreign import (
         ForeignFormat as ForeignFormat,
     )
-    from stalwart.checkpoint.formats import (
+    from stalwart.checkpoint.foreign import (
         FormatLimits as FormatLimits,
     )
-    from stalwart.checkpoint.formats import (
+    from stalwart.checkpoint.foreign import (
         FormatStatus as FormatStatus,
     )
-    from stalwart.checkpoint.formats import (
+    from stalwart.checkpoint.foreign import (
         FormatVerdict as FormatVerdict,
     )
-    from stalwart.checkpoint.formats import (
+    from stalwart.checkpoint.foreign import (
         check_foreign as check_foreign,
     )
     from stalwart.checkpoint.fsops import (

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from stalwart.checkpoint.errors import CheckpointInvalid, Defect
-from stalwart.checkpoint.formats import (
+from stalwart.checkpoint.foreign import (
     DEFAULT_LIMITS,
     ForeignFormat,
     FormatLimits,

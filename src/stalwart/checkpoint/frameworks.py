@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from stalwart.checkpoint.discovery import MemoryVerifyCache, VerifyCache, alias_target, examine
-from stalwart.checkpoint.formats import DEFAULT_LIMITS, FormatLimits, check_foreign
+from stalwart.checkpoint.foreign import DEFAULT_LIMITS, FormatLimits, check_foreign
 from stalwart.checkpoint.fsops import FsOps
 from stalwart.checkpoint.layout import (
     QUARANTINE_DIR,

@@ -35,7 +35,7 @@ from watchdog.observers import Observer
 
 from stalwart.checkpoint.discovery import tree_bytes
 from stalwart.checkpoint.errors import CheckpointInvalid, Defect, NotStable
-from stalwart.checkpoint.formats import (
+from stalwart.checkpoint.foreign import (
     DEFAULT_LIMITS,
     FormatLimits,
     FormatStatus,

@@ -8,17 +8,17 @@ from pathlib import Path
 
 from stalwart import paths
 from stalwart.checkpoint import FormatStatus, QuarantineReason, WriteKind, WriteObserved
-from stalwart.keeper import RetentionDone
-from stalwart.restart import (
+from stalwart.host.trainer_process import Trainer
+from stalwart.policy.restart import (
     Action,
     Decision,
 )
+from stalwart.supervisor.keeper import RetentionDone
 from stalwart.supervisor.state import (
     CHAOS_REASON,
     SupervisorState,
     logger,
 )
-from stalwart.trainer import Trainer
 from stalwart.types import Classification, ExitKind, ExitStatus
 
 SELF_INFLICTED_SIGNALS = frozenset(

@@ -16,27 +16,29 @@ import socket
 import subprocess
 from collections.abc import Callable
 
-from stalwart import paths, process
-from stalwart.classify import ExitContext, classify
-from stalwart.control import ControlServer
+from stalwart import paths
+from stalwart.channels.control_socket import ControlServer
+from stalwart.channels.notify_socket import NotifySocket
 from stalwart.errors import UsageError
+from stalwart.host import process
+from stalwart.host.resources import memory_at_limit, oom_killed_since
+from stalwart.host.trainer_process import Trainer
 from stalwart.journal import Journal, RunStatus
-from stalwart.keeper import CheckpointKeeper
-from stalwart.launcher import node_role
-from stalwart.notify import NotifySocket
-from stalwart.pacing import Pacer
-from stalwart.resources import memory_at_limit, oom_killed_since
-from stalwart.restart import (
+from stalwart.policy.classify import ExitContext, classify
+from stalwart.policy.launcher import node_role
+from stalwart.policy.restart import (
     Action,
     Decision,
     State,
 )
 from stalwart.supervisor.checkpoints import CheckpointMixin
-from stalwart.supervisor.control import ControlMixin
+from stalwart.supervisor.commands import ControlMixin
 from stalwart.supervisor.drain import DrainMixin
-from stalwart.supervisor.launch import LaunchMixin
-from stalwart.supervisor.notify import NotifyMixin
-from stalwart.supervisor.remote import RemoteMixin
+from stalwart.supervisor.keeper import CheckpointKeeper
+from stalwart.supervisor.mirroring import RemoteMixin
+from stalwart.supervisor.pacing import Pacer
+from stalwart.supervisor.reports import NotifyMixin
+from stalwart.supervisor.spawning import LaunchMixin
 from stalwart.supervisor.state import (
     CHAOS_REASON,
     LOOP_TICK_S,
@@ -44,7 +46,6 @@ from stalwart.supervisor.state import (
     SupervisorState,
     logger,
 )
-from stalwart.trainer import Trainer
 from stalwart.types import Classification, ExitCode, ExitKind, ExitStatus
 
 

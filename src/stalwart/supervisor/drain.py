@@ -7,7 +7,9 @@ import queue
 import signal
 
 from stalwart.checkpoint import WriteObserved
-from stalwart.keeper import AdoptionDone, RetentionDone
+from stalwart.policy.restart import (
+    State,
+)
 from stalwart.preemption import (
     NoticeKind,
     PreemptionNotice,
@@ -18,9 +20,7 @@ from stalwart.preemption import (
     sigterm_meaning,
 )
 from stalwart.remote import UploadResult
-from stalwart.restart import (
-    State,
-)
+from stalwart.supervisor.keeper import AdoptionDone, RetentionDone
 from stalwart.supervisor.state import (
     RECOMPUTE_INTERVAL,
     SupervisorState,

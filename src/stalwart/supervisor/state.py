@@ -20,32 +20,33 @@ from collections import deque
 from collections.abc import Mapping
 from typing import BinaryIO
 
-from stalwart import paths, process
-from stalwart.advice import AdviceBoard
+from stalwart import paths
+from stalwart.channels.advice_file import AdviceBoard
+from stalwart.channels.control_socket import ControlServer
+from stalwart.channels.notify_socket import NotifySocket
+from stalwart.channels.systemd_notify import SystemdNotifier
 from stalwart.checkpoint import WriteObserved
-from stalwart.classify import compile_rules
 from stalwart.clock import Clock, SystemClock
 from stalwart.config import JobConfig
-from stalwart.control import ControlServer
+from stalwart.host import process
+from stalwart.host.resources import ResourceSampler
+from stalwart.host.scheduler import Scheduler
+from stalwart.host.trainer_process import Trainer
 from stalwart.journal import Journal, RunRecord
-from stalwart.keeper import CheckpointKeeper, RetentionDone
-from stalwart.launcher import NodeRole
-from stalwart.notify import NotifySocket
-from stalwart.pacing import Pacer
+from stalwart.policy.classify import compile_rules
+from stalwart.policy.launcher import NodeRole
+from stalwart.policy.restart import (
+    PoisonTracker,
+    RestartPolicy,
+    StateMachine,
+)
 from stalwart.preemption import (
     PreemptionNotice,
     Watcher,
 )
 from stalwart.remote import RemoteMirror, UploadResult
-from stalwart.resources import ResourceSampler
-from stalwart.restart import (
-    PoisonTracker,
-    RestartPolicy,
-    StateMachine,
-)
-from stalwart.scheduling import Scheduler
-from stalwart.sdnotify import SystemdNotifier
-from stalwart.trainer import Trainer
+from stalwart.supervisor.keeper import CheckpointKeeper, RetentionDone
+from stalwart.supervisor.pacing import Pacer
 from stalwart.types import ExitCode
 
 logger = logging.getLogger("stalwart.supervisor")

@@ -7,7 +7,7 @@ Pure: no I/O, no clock. Three layers:
   minimiser of that model (which the formula is checked against);
 - `decide`: one decision from a frozen `IntervalInputs`, with bounds, the
   persist-time floor and hysteresis, giving an `IntervalDecision`;
-- `IntervalModel`: the estimators of `stalwart.estimators` plus the last
+- `IntervalModel`: the estimators of `stalwart.policy.estimators` plus the last
   decision, which the supervisor feeds measurements into and asks for advice.
 
 The interval is compute time between checkpoints: from the end of one save's
@@ -25,7 +25,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from stalwart.estimators import (
+from stalwart.policy.estimators import (
     DEFAULT_COUNTED_KINDS,
     NOT_MACHINE_FAILURES,
     ExposureRecord,

@@ -1,4 +1,5 @@
-"""`stalwart checkpoints list|verify|prune|best`: the checkpoint store from the command line."""
+"""`stalwart checkpoints list|verify|prune|best|pull`: the checkpoint store, and its remote copy,
+from the command line."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from stalwart import paths, remote_cli
+from stalwart import paths
 from stalwart.checkpoint import (
     CheckpointInfo,
     CheckpointState,
@@ -19,9 +20,18 @@ from stalwart.checkpoint import (
     retention_items,
 )
 from stalwart.checkpoint.retention import find_best, recorded_metrics
+from stalwart.cli.tables import fmt_bytes, fmt_time, table
 from stalwart.config import CheckpointConfig
 from stalwart.errors import UsageError
-from stalwart.status_view import fmt_bytes, fmt_time, table
+from stalwart.remote import (
+    Remote,
+    RemoteConfig,
+    RemoteUnavailable,
+    RestoreOutcome,
+    list_remote,
+    pull,
+    remote_rows,
+)
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -76,11 +86,11 @@ def _root(args: argparse.Namespace) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     if args.ckpt_command == "list" and args.remote:
-        return remote_cli.list_cmd(args)
+        return remote_list_cmd(args)
     root = _root(args)
     if args.ckpt_command == "pull":
         root.mkdir(parents=True, exist_ok=True)
-        return remote_cli.pull_cmd(args, root)
+        return remote_pull_cmd(args, root)
     if not root.is_dir():
         raise UsageError(f"checkpoint directory {root} does not exist")
     if args.ckpt_command == "prune":
@@ -151,3 +161,47 @@ def _prune(args: argparse.Namespace, root: Path) -> int:
     if not args.dry_run and plan.delete:
         apply_retention(root, plan)
     return 0
+
+
+# --- the remote copy: `list --remote` and `pull` -------------------------------------
+
+
+def remote_url(args: argparse.Namespace) -> str:
+    if args.remote_url:
+        return str(args.remote_url)
+    state = paths.find_state_dir(args.name, args.state_dir, os.environ)
+    recorded = paths.recorded_remote_url(state)
+    if recorded is None:
+        raise UsageError(
+            f"job {args.name!r} has no remote copy recorded in {state}; pass --remote-url"
+        )
+    return recorded
+
+
+def remote_list_cmd(args: argparse.Namespace) -> int:
+    url = remote_url(args)
+    try:
+        checkpoints = list_remote(Remote.open(url))
+    except (RemoteUnavailable, OSError) as exc:
+        raise UsageError(f"cannot list {url}: {exc}") from None
+    rows = [
+        [
+            row.name,
+            str(row.step),
+            fmt_time(row.created_unix),
+            fmt_bytes(row.size_bytes),
+            row.state.value,
+            str(row.files),
+        ]
+        for row in remote_rows(checkpoints)
+    ]
+    sys.stdout.write(f"remote copy {url}\n")
+    sys.stdout.write(table(["name", "step", "created", "size", "state", "files"], rows))
+    return 0
+
+
+def remote_pull_cmd(args: argparse.Namespace, root: Path) -> int:
+    url = remote_url(args)
+    result = pull(RemoteConfig(url=url), root, None if args.latest else args.checkpoint)
+    sys.stdout.write(result.message + "\n")
+    return 0 if result.outcome is RestoreOutcome.RESTORED else 1

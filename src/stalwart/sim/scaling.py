@@ -4,14 +4,14 @@ N nodes failing independently, any one interrupting the job, fail together at N
 times a node's rate, so the cluster MTBF is node MTBF / N: Daly's interval shrinks
 as 1/sqrt(N) and the waste grows as sqrt(N) (while C << MTBF). For one cluster
 size, `scale` gives Daly's interval and the expected waste at it and at fixed
-intervals (Daly's exact model), and the same simulated with `stalwart.simulation`
+intervals (Daly's exact model), and the same simulated with `stalwart.sim.engine`
 where the runs are cheap enough, with the fixed interval of least simulated waste
 located by `fitted_minimum_s`. `node_sweep` picks the sizes around one N.
 
 `PRESETS` are built-in clusters for `stalwart simulate --scenario`: a published
-failure rate (`stalwart.failure_models`) and an assumed save cost.
+failure rate (`stalwart.sim.failure_models`) and an assumed save cost.
 `format_cluster_table` and `describe_preset` render the cluster view as text; the
-command line that reads the options and prints them is `stalwart.simulate`.
+command line that reads the options and prints them is `stalwart.cli.simulate`.
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from stalwart.failure_models import (
+from stalwart.policy.interval import daly_interval_s, expected_waste_fraction
+from stalwart.sim.engine import Fixed, Scenario, StrategyResult, simulate, total
+from stalwart.sim.failure_models import (
     LLAMA3_405B,
     ClusterFailures,
     PublishedInterruptions,
     cluster_mtbf_s,
 )
-from stalwart.interval import daly_interval_s, expected_waste_fraction
-from stalwart.simulation import Fixed, Scenario, StrategyResult, simulate, total
 
 HOUR_S = 3600.0
 WIDTH = 100

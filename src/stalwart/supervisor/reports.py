@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import selectors
 
+from stalwart.host.trainer_process import Trainer
 from stalwart.supervisor.state import (
     SupervisorState,
 )
-from stalwart.trainer import Trainer
 
 
 class NotifyMixin(SupervisorState):

@@ -8,12 +8,12 @@ import os
 import selectors
 import signal
 
-from stalwart import status_view
-from stalwart.control import Connection
+from stalwart.channels.control_socket import Connection
 from stalwart.supervisor.state import (
     SupervisorState,
     logger,
 )
+from stalwart.supervisor.status import running_snapshot
 
 
 class ControlMixin(SupervisorState):
@@ -75,7 +75,7 @@ class ControlMixin(SupervisorState):
 
     def status(self) -> dict[str, object]:
         """What `stalwart status` shows, as plain JSON-able data."""
-        snapshot = status_view.running_snapshot(self)
+        snapshot = running_snapshot(self)
         if self.attempt is not None:
             snapshot["ranks"] = self.attempt.hang.ranks  # heartbeating ranks (torchrun workers)
         return snapshot

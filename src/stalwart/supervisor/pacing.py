@@ -12,9 +12,9 @@ import logging
 import math
 
 from stalwart.clock import Clock
-from stalwart.estimators import ExposureRecord, SaveSample
-from stalwart.interval import IntervalConfig, IntervalDecision, IntervalModel
 from stalwart.journal import CheckpointRecord, IntervalRecord, Journal
+from stalwart.policy.estimators import ExposureRecord, SaveSample
+from stalwart.policy.interval import IntervalConfig, IntervalDecision, IntervalModel
 from stalwart.types import ExitKind
 
 logger = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """What a checkpoint costs and how often this machine fails, learned from measurements.
 
 Pure: no I/O, no clock. The supervisor (or the simulator) feeds plain samples in;
-the interval policy (`stalwart.interval`) reads the estimates out.
+the interval policy (`stalwart.policy.interval`) reads the estimates out.
 
 - Save cost: the q-quantile of the last N reported stalls (`CKPT_STALL_S`), and
   the latest persist time (`CKPT_PERSIST_S`) as a floor for the interval. A

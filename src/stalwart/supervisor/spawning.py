@@ -1,6 +1,6 @@
 """What an attempt is started as: the program check, the argv (command or torchrun), the env.
 
-The decisions live in `stalwart.launcher` (pure); this mixin feeds them the supervisor's
+The decisions live in `stalwart.policy.launcher` (pure); this mixin feeds them the supervisor's
 environment and interpreter, and checks the programs exist before anything starts.
 """
 
@@ -12,11 +12,11 @@ import shutil
 import sys
 from pathlib import Path
 
-from stalwart import process
 from stalwart.errors import UsageError
-from stalwart.launcher import launch_argv, runs_as_script
+from stalwart.host import process
+from stalwart.host.trainer_process import Trainer
+from stalwart.policy.launcher import launch_argv, runs_as_script
 from stalwart.supervisor.state import CLEARED_ENV, SupervisorState
-from stalwart.trainer import Trainer
 
 
 class LaunchMixin(SupervisorState):

@@ -1,87 +1,62 @@
-"""How `stalwart status` reads: from the running supervisor, or from the journal when stopped."""
+"""`stalwart status|stop|checkpoint`: ask the running supervisor, or read the journal."""
 
 from __future__ import annotations
 
-import dataclasses
-import datetime
+import argparse
+import json
+import logging
 import os
-from collections.abc import Sequence
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from stalwart import paths
+from stalwart.channels import control_socket
+from stalwart.cli.tables import fmt_bytes, fmt_time
+from stalwart.errors import UsageError
 from stalwart.journal import Journal
 
-if TYPE_CHECKING:
-    from stalwart.supervisor.state import SupervisorState
+logger = logging.getLogger("stalwart")
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A plain aligned text table."""
-    widths = [len(h) for h in headers]
-    for row in rows:
-        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    return "\n".join(lines) + "\n"
+def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    for command, text in (
+        ("status", "what the job is doing (from its supervisor, or its journal if stopped)"),
+        ("stop", "drain the job: checkpoint if the trainer can, stop, exit 0"),
+        ("checkpoint", "ask the trainer for a checkpoint at its next step"),
+    ):
+        sub = commands.add_parser(command, help=text)
+        sub.add_argument("name", nargs="?", default="default", help="job name")
+        sub.add_argument("--state-dir", type=Path, help="state directory of the job")
+        sub.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-def fmt_time(unix: float | None) -> str:
-    if unix is None:
-        return "-"
-    return datetime.datetime.fromtimestamp(unix).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def fmt_bytes(value: object) -> str:
-    if not isinstance(value, int | float):
-        return "-"
-    size = float(value)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
-        size /= 1024
-    return f"{size:.1f} TiB"
-
-
-def running_snapshot(supervisor: SupervisorState) -> dict[str, Any]:
-    """Status of a running supervisor, as plain JSON-able data."""
-    journal, run = supervisor.journal, supervisor.run_record
-    assert journal is not None
-    assert run is not None
-    now_s = supervisor.clock.monotonic()
-    advice = supervisor.advice.advice
-    relaunch_at = supervisor.relaunch_at_s
-    snapshot: dict[str, Any] = {
-        "ok": True,
-        "running": True,
-        "name": supervisor.config.name,
-        "run_id": run.run_id,
-        "supervisor_pid": os.getpid(),
-        "state": supervisor.machine.state.value,
-        "interval_s": advice.interval_s,
-        "checkpoint_now": advice.checkpoint_now,
-        "drain": advice.drain,
-        "ckpt_dir": str(supervisor.ckpt_dir),
-        "failures": journal.kind_counts(run.run_id),
-        "failures_in_window": supervisor.policy.failures_in_window,
-        "next_launch_in_s": max(relaunch_at - now_s, 0.0) if relaunch_at is not None else None,
-    }
-    attempt = supervisor.attempt
-    if attempt is not None:
-        stats = attempt.hang.stats(now_s)
-        sample = attempt.last_sample
-        snapshot.update(
-            attempt=attempt.number,
-            pid=attempt.pid,
-            uptime_s=round(attempt.uptime_s(), 3),
-            resume_from=attempt.resume_from,
-            step=stats.last_step,
-            steps_per_s=stats.steps_per_s,
-            heartbeat_age_s=attempt.hang.silence_s(now_s),
-            hang_threshold_s=attempt.hang.threshold_s(now_s),
-            trainer_status=attempt.status_text,
-            resources=dataclasses.asdict(sample) if sample is not None else None,
-        )
-    return snapshot
+def cmd_control(args: argparse.Namespace) -> int:
+    """status / stop / checkpoint: ask the running supervisor; fall back to the journal."""
+    state = paths.find_state_dir(args.name, args.state_dir, os.environ)
+    runtime = paths.recorded_runtime_dir(state)
+    snapshot: dict[str, Any] | None = None
+    if runtime is not None and (runtime / "control.sock").exists():
+        try:
+            snapshot = control_socket.request(runtime / "control.sock", args.command)
+        except (OSError, ValueError) as exc:
+            logger.debug("control socket unavailable: %s", exc)
+    if snapshot is None:
+        journal_path = paths.job_journal(args.name, state)
+        if args.command != "status":
+            raise UsageError(f"job {args.name!r} is not running; nothing to {args.command}")
+        snapshot = from_journal(journal_path, args.name)
+    if not snapshot.get("ok", False):
+        raise UsageError(f"supervisor refused: {snapshot.get('error')}")
+    if args.json:
+        sys.stdout.write(json.dumps(snapshot, indent=2, default=str) + "\n")
+    else:
+        if args.command == "stop":
+            sys.stdout.write(f"{args.name}: stop requested; the trainer is draining\n")
+        elif args.command == "checkpoint":
+            sys.stdout.write(f"{args.name}: checkpoint requested\n")
+        sys.stdout.write(render(snapshot))
+    return 0
 
 
 def from_journal(journal_path: Path, name: str) -> dict[str, Any]:

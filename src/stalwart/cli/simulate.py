@@ -10,8 +10,8 @@ intervals (Daly's exact model, and simulated where cheap), and the fixed interva
 of least simulated waste. `--scenario llama3` takes the failure rate Meta reported
 for Llama 3 405B pre-training and says where each figure comes from.
 
-The engine is `stalwart.simulation`; the failure processes `stalwart.failure_models`;
-the cluster-size study, its presets and its table `stalwart.scaling`.
+The engine is `stalwart.sim.engine`; the failure processes `stalwart.sim.failure_models`;
+the cluster-size study, its presets and its table `stalwart.sim.scaling`.
 The plot needs matplotlib (the optional extra `stalwart[plot]`), imported only then.
 """
 
@@ -24,7 +24,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from stalwart.failure_models import (
+from stalwart.policy.interval import IntervalConfig
+from stalwart.sim.engine import (
+    Scenario,
+    SimulationResult,
+    default_strategies,
+    lost_and_checkpoint,
+    simulate,
+    total,
+)
+from stalwart.sim.failure_models import (
     DriftFailures,
     FailureProcess,
     PoissonFailures,
@@ -32,22 +41,13 @@ from stalwart.failure_models import (
     WeibullFailures,
     load_trace,
 )
-from stalwart.interval import IntervalConfig
-from stalwart.scaling import (
+from stalwart.sim.scaling import (
     PRESETS,
     ClusterStudy,
     describe_preset,
     format_cluster_table,
     node_sweep,
     scale,
-)
-from stalwart.simulation import (
-    Scenario,
-    SimulationResult,
-    default_strategies,
-    lost_and_checkpoint,
-    simulate,
-    total,
 )
 
 # --- the command line -----------------------------------------------------------------

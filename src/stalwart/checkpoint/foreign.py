@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from stalwart.checkpoint.errors import CheckpointInvalid, Defect
-from stalwart.checkpoint.format_checks import (
+from stalwart.checkpoint.format_structure import (
     DEFAULT_LIMITS,
     READ_BYTES,
     FormatLimits,

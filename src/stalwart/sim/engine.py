@@ -6,7 +6,7 @@ since the last completed save, then a restart costs R; failures strike in wall
 time during compute, saves and restarts alike (Daly's model). Waste is wall time
 minus work: lost work + save time + restart time.
 
-Strategies: `Adaptive` learns online with exactly `stalwart.interval.IntervalModel`
+Strategies: `Adaptive` learns online with exactly `stalwart.policy.interval.IntervalModel`
 (fed each save's cost, and the wall time since the previous failure as the run
 time each failure ended, as the journal's attempts would); `Fixed` intervals; the
 `Oracle`, Daly's optimum for the true mean save cost and the true current MTBF.
@@ -14,7 +14,7 @@ All strategies of one run see the same failure times and save costs (common
 random numbers), so their differences are not noise from different draws.
 Seeded and deterministic.
 
-How the interval and the waste change with cluster size is `stalwart.scaling`,
+How the interval and the waste change with cluster size is `stalwart.sim.scaling`,
 built on this engine.
 """
 
@@ -26,8 +26,8 @@ import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from stalwart.failure_models import FailureProcess
-from stalwart.interval import IntervalConfig, IntervalModel, daly_interval_s
+from stalwart.policy.interval import IntervalConfig, IntervalModel, daly_interval_s
+from stalwart.sim.failure_models import FailureProcess
 from stalwart.types import ExitKind
 
 # --- strategies -----------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.resources
 import logging
 import os
@@ -83,3 +84,31 @@ def next_steps(name: str) -> str:
         f"  stalwart status {name}\n"
         f"  journalctl -u stalwart@{name} -f\n"
     )
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    systemd = commands.add_parser("systemd", help="run jobs as systemd services")
+    systemd_commands = systemd.add_subparsers(
+        dest="systemd_command", required=True, metavar="ACTION"
+    )
+    install = systemd_commands.add_parser(
+        "install", help="validate CONFIG, install it as /etc/stalwart/NAME.yaml, install the unit"
+    )
+    install.add_argument("name")
+    install.add_argument("config", type=Path)
+    install.add_argument("--dry-run", action="store_true", help="print what would be written")
+    install.add_argument("--root", type=Path, default=Path("/"), help="install under this root")
+    install.add_argument("--executable", help="path of `stalwart` for ExecStart")
+
+
+def cmd_systemd_install(args: argparse.Namespace) -> int:
+    executable = args.executable or stalwart_executable()
+    actions = plan(args.name, args.config, args.root, executable)
+    for action in actions:
+        verb = "would write" if args.dry_run else "writing"
+        sys.stdout.write(f"{verb} {action.target} (mode {action.mode:o}): {action.what}\n")
+    if args.dry_run:
+        return 0
+    apply(actions)
+    sys.stdout.write(next_steps(args.name))
+    return 0

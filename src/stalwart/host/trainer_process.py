@@ -19,11 +19,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, BinaryIO
 
-from stalwart import process
 from stalwart.clock import Clock
 from stalwart.config import HangConfig
-from stalwart.monitor import HangDetector
-from stalwart.resources import ResourceSample
+from stalwart.host import process
+from stalwart.host.resources import ResourceSample
+from stalwart.policy.hang import HangDetector
 
 logger = logging.getLogger(__name__)
 

@@ -7,12 +7,18 @@ timeline picture of attempts, failures, checkpoints, interval decisions and lost
 
 from __future__ import annotations
 
+import argparse
+import os
+import sys
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from stalwart.journal import AttemptRecord, CheckpointRecord, IntervalRecord
+from stalwart import paths
+from stalwart.errors import UsageError
+from stalwart.journal import AttemptRecord, CheckpointRecord, IntervalRecord, Journal
 from stalwart.types import ExitKind
 
 KIND_COLORS = {
@@ -209,3 +215,41 @@ def plot(
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    report = commands.add_parser("report", help="summary and timeline picture from the journal")
+    report.add_argument("name", nargs="?", default="default", help="job name")
+    report.add_argument("--state-dir", type=Path, help="state directory of the job")
+    report.add_argument("--out", type=Path, help="write the timeline PNG here (needs matplotlib)")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    state = paths.find_state_dir(args.name, args.state_dir, os.environ)
+    journal_path = paths.job_journal(args.name, state)
+    now_unix = time.time()
+    with Journal(journal_path) as journal:
+        attempts = journal.job_attempts(args.name) + [
+            a for a in journal.attempts() if a.ended_unix is None
+        ]
+        checkpoints = journal.checkpoints(args.name)
+        decisions = journal.interval_decisions(args.name)
+    summary = summarize(attempts, checkpoints, decisions, now_unix)
+    sys.stdout.write(render_text(args.name, summary))
+    if args.out is not None:
+        try:
+            plot(
+                args.out,
+                args.name,
+                attempts=attempts,
+                checkpoints=checkpoints,
+                decisions=decisions,
+                summary=summary,
+                now_unix=now_unix,
+            )
+        except ImportError:
+            raise UsageError(
+                "the timeline picture needs matplotlib: pip install 'stalwart[plot]'"
+            ) from None
+        sys.stdout.write(f"timeline: {args.out}\n")
+    return 0

@@ -1,0 +1,1 @@
+"""The host: process trees and their signals, resource sampling, background threads."""

@@ -1,0 +1,1 @@
+"""The checkpoint-interval simulator: the engine, failure models and cluster scaling."""
