@@ -13,9 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stalwart.config import HangConfig
 from stalwart.journal import Journal
-from stalwart.policy.hang import HangDetector, quantile
+from stalwart.policy.hang import HangConfig, HangDetector, quantile
 from tests.supervised import environment, stalwart_argv
 
 HEARTBEAT = Path(__file__).parent / "trainers" / "heartbeat.py"

@@ -17,12 +17,13 @@ import pytest
 from stalwart import config
 from stalwart.checkpoint import QuarantineReason, quarantine
 from stalwart.checkpoint.fsops import FsOps
-from stalwart.checkpoint.layout import CheckpointState
-from stalwart.checkpoint.retention import RetentionItem, RetentionPlan, apply_retention
+from stalwart.checkpoint.pruning import apply_retention
 from stalwart.errors import ConfigError
 from stalwart.journal import Journal
 from stalwart.paths import JOURNAL_NAME
 from stalwart.policy.launcher import NodeRole, launch_argv, node_role
+from stalwart.policy.retention import RetentionItem, RetentionPlan
+from stalwart.types import CheckpointState
 from tests.conftest import wait_for
 from tests.supervised import alive, environment, records, stalwart_argv
 

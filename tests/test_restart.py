@@ -9,12 +9,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stalwart.clock import FakeClock
-from stalwart.config import RestartConfig
 from stalwart.policy.restart import (
     Action,
     IllegalTransition,
     PoisonTracker,
     PoisonVerdict,
+    RestartConfig,
     RestartPolicy,
     State,
     StateMachine,

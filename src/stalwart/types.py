@@ -13,6 +13,9 @@ class ExitCode(enum.IntEnum):
     OK = 0
     USAGE = 2
     GAVE_UP = 3
+    SOFTWARE = 70
+    """An internal error of the supervisor (EX_SOFTWARE): the trainer was drained first;
+    a restart (systemd's) resumes the job."""
     PREEMPTED = 75
 
 
@@ -77,3 +80,18 @@ def signal_name(signum: int) -> str:
         return signal.Signals(signum).name
     except ValueError:
         return f"signal {signum}"
+
+
+class CheckpointState(enum.Enum):
+    """What is known about one checkpoint on disk."""
+
+    INTACT = "intact"
+    """Passed verification (digests for managed or adopted ones, format checks for foreign)."""
+    UNVERIFIED = "unverified"
+    """Not checked (yet), or only partly: never assumed intact."""
+    CORRUPT = "corrupt"
+    """Failed verification; to be quarantined."""
+    QUARANTINED = "quarantined"
+    """Moved to .quarantine/; never resumed from."""
+    STAGING = "staging"
+    """A save that has not committed (or never will: removed at start)."""

@@ -20,9 +20,10 @@ from stalwart.checkpoint import (
     plan_retention,
     retention_items,
 )
-from stalwart.checkpoint.retention import find_best, rank_by_metric, recorded_metrics
+from stalwart.checkpoint.pruning import find_best
 from stalwart.config import validate
 from stalwart.errors import ConfigError
+from stalwart.policy.retention import rank_by_metric, recorded_metrics
 from tests.checkpoint.helpers import flip_byte
 from tests.frameworks.helpers import cli
 

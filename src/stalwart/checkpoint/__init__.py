@@ -19,7 +19,7 @@ _EXPORTS: dict[str, str] = {
     "CheckpointInfo": "stalwart.checkpoint.discovery",
     "CheckpointInvalid": "stalwart.checkpoint.errors",
     "CheckpointObserver": "stalwart.checkpoint.observe",
-    "CheckpointState": "stalwart.checkpoint.layout",
+    "CheckpointState": "stalwart.types",
     "CheckpointStore": "stalwart.checkpoint.store",
     "CheckpointStoreError": "stalwart.checkpoint.errors",
     "CommitFailed": "stalwart.checkpoint.errors",
@@ -36,16 +36,16 @@ _EXPORTS: dict[str, str] = {
     "FormatVerdict": "stalwart.checkpoint.foreign",
     "FsOps": "stalwart.checkpoint.fsops",
     "HashAlgo": "stalwart.checkpoint.manifest",
-    "Keep": "stalwart.checkpoint.retention",
+    "Keep": "stalwart.policy.retention",
     "Manifest": "stalwart.checkpoint.manifest",
     "MemoryVerifyCache": "stalwart.checkpoint.discovery",
     "NotStable": "stalwart.checkpoint.errors",
     "QuarantineReason": "stalwart.checkpoint.layout",
     "Quarantined": "stalwart.checkpoint.quarantine",
     "ResumeDecision": "stalwart.checkpoint.discovery",
-    "RetentionItem": "stalwart.checkpoint.retention",
-    "RetentionPlan": "stalwart.checkpoint.retention",
-    "RetentionPolicy": "stalwart.checkpoint.retention",
+    "RetentionItem": "stalwart.policy.retention",
+    "RetentionPlan": "stalwart.policy.retention",
+    "RetentionPolicy": "stalwart.policy.retention",
     "StepExists": "stalwart.checkpoint.errors",
     "Transaction": "stalwart.checkpoint.store",
     "Verdict": "stalwart.checkpoint.verify",
@@ -56,19 +56,19 @@ _EXPORTS: dict[str, str] = {
     "WriteObserved": "stalwart.checkpoint.observe",
     "WriteTracker": "stalwart.checkpoint.observe",
     "adopt": "stalwart.checkpoint.observe",
-    "apply_retention": "stalwart.checkpoint.retention",
+    "apply_retention": "stalwart.checkpoint.pruning",
     "check_foreign": "stalwart.checkpoint.foreign",
     "checkpoint_name": "stalwart.checkpoint.layout",
-    "disk_free_bytes": "stalwart.checkpoint.retention",
+    "disk_free_bytes": "stalwart.checkpoint.pruning",
     "examine": "stalwart.checkpoint.discovery",
     "find_newest_intact": "stalwart.checkpoint.discovery",
     "list_checkpoints": "stalwart.checkpoint.discovery",
     "parse_manifest": "stalwart.checkpoint.manifest",
     "parse_step": "stalwart.checkpoint.layout",
-    "plan_retention": "stalwart.checkpoint.retention",
+    "plan_retention": "stalwart.policy.retention",
     "prepare_resume": "stalwart.checkpoint.discovery",
     "remove_leftovers": "stalwart.checkpoint.discovery",
-    "retention_items": "stalwart.checkpoint.retention",
+    "retention_items": "stalwart.checkpoint.pruning",
     "scan": "stalwart.checkpoint.layout",
     "verify_checkpoint": "stalwart.checkpoint.verify",
 }
@@ -146,24 +146,11 @@ if TYPE_CHECKING:
     from stalwart.checkpoint.fsops import (
         FsOps as FsOps,
     )
-    from stalwart.checkpoint.layout import (
-        CheckpointState as CheckpointState,
-    )
-    from stalwart.checkpoint.layout import (
-        EntryKind as EntryKind,
-    )
-    from stalwart.checkpoint.layout import (
-        QuarantineReason as QuarantineReason,
-    )
-    from stalwart.checkpoint.layout import (
-        checkpoint_name as checkpoint_name,
-    )
-    from stalwart.checkpoint.layout import (
-        parse_step as parse_step,
-    )
-    from stalwart.checkpoint.layout import (
-        scan as scan,
-    )
+    from stalwart.checkpoint.layout import EntryKind as EntryKind
+    from stalwart.checkpoint.layout import QuarantineReason as QuarantineReason
+    from stalwart.checkpoint.layout import checkpoint_name as checkpoint_name
+    from stalwart.checkpoint.layout import parse_step as parse_step
+    from stalwart.checkpoint.layout import scan as scan
     from stalwart.checkpoint.manifest import (
         FileEntry as FileEntry,
     )
@@ -194,35 +181,14 @@ if TYPE_CHECKING:
     from stalwart.checkpoint.observe import (
         adopt as adopt,
     )
+    from stalwart.checkpoint.pruning import apply_retention as apply_retention
+    from stalwart.checkpoint.pruning import disk_free_bytes as disk_free_bytes
+    from stalwart.checkpoint.pruning import retention_items as retention_items
     from stalwart.checkpoint.quarantine import (
         Quarantined as Quarantined,
     )
     from stalwart.checkpoint.quarantine import (
         quarantine as quarantine,
-    )
-    from stalwart.checkpoint.retention import (
-        Keep as Keep,
-    )
-    from stalwart.checkpoint.retention import (
-        RetentionItem as RetentionItem,
-    )
-    from stalwart.checkpoint.retention import (
-        RetentionPlan as RetentionPlan,
-    )
-    from stalwart.checkpoint.retention import (
-        RetentionPolicy as RetentionPolicy,
-    )
-    from stalwart.checkpoint.retention import (
-        apply_retention as apply_retention,
-    )
-    from stalwart.checkpoint.retention import (
-        disk_free_bytes as disk_free_bytes,
-    )
-    from stalwart.checkpoint.retention import (
-        plan_retention as plan_retention,
-    )
-    from stalwart.checkpoint.retention import (
-        retention_items as retention_items,
     )
     from stalwart.checkpoint.store import (
         CheckpointStore as CheckpointStore,
@@ -248,6 +214,12 @@ if TYPE_CHECKING:
     from stalwart.checkpoint.verify import (
         verify_checkpoint as verify_checkpoint,
     )
+    from stalwart.policy.retention import Keep as Keep
+    from stalwart.policy.retention import RetentionItem as RetentionItem
+    from stalwart.policy.retention import RetentionPlan as RetentionPlan
+    from stalwart.policy.retention import RetentionPolicy as RetentionPolicy
+    from stalwart.policy.retention import plan_retention as plan_retention
+    from stalwart.types import CheckpointState as CheckpointState
 
 __all__ = [
     "Adopted",

@@ -13,7 +13,7 @@ import logging
 import os
 import stat
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -28,7 +28,6 @@ from stalwart.checkpoint.foreign import (
 )
 from stalwart.checkpoint.fsops import FsOps
 from stalwart.checkpoint.layout import (
-    CheckpointState,
     Entry,
     EntryKind,
     Listing,
@@ -46,6 +45,7 @@ from stalwart.checkpoint.verify import (
     quick_check,
     site_of,
 )
+from stalwart.types import CheckpointState
 
 logger = logging.getLogger(__name__)
 
@@ -290,17 +290,37 @@ def find_newest_intact(
     limits: FormatLimits = DEFAULT_LIMITS,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     listing: Listing | None = None,
+    exclude: Collection[str] = (),
 ) -> Discovery:
-    """Newest first, stop at the first checkpoint that passes full verification (reads only)."""
+    """Newest first, stop at the first checkpoint that passes full verification (reads only).
+
+    `exclude`: names never to resume from although they are in place (quarantined in
+    memory only: they could not be moved), skipped as quarantined.
+    """
     if listing is None:
         listing = scan(root, foreign_globs)
     skipped: list[CheckpointInfo] = []
     for entry in listing.candidates:
+        if entry.name in exclude:
+            reason = "quarantined, but it could not be moved aside; never resumed from again"
+            skipped.append(_info(entry, CheckpointState.QUARANTINED, reason))
+            continue
         info = examine(entry, full=True, cache=cache, limits=limits, chunk_bytes=chunk_bytes)
         if info.state is CheckpointState.INTACT:
             return Discovery(info, tuple(skipped), listing)
         skipped.append(info)
     return Discovery(None, tuple(skipped), listing)
+
+
+@dataclass(frozen=True)
+class Leftovers:
+    """What remove_leftovers did."""
+
+    removed: tuple[Path, ...]
+    stuck: tuple[Path, ...] = ()
+    """Leftovers that could not be removed (an immutable file inside, permissions, a
+    read-only mount): left in place. They are never resumed from, so nothing depends on
+    them being gone."""
 
 
 def remove_leftovers(
@@ -310,9 +330,11 @@ def remove_leftovers(
     listing: Listing | None = None,
     staging: bool = True,
     deleting: bool = True,
-) -> tuple[Path, ...]:
+    reported: Collection[Path] = (),
+) -> Leftovers:
     """Remove staging directories of interrupted saves (`staging`) and half-done prunes
-    (`deleting`); report each.
+    (`deleting`); report each. One that cannot be removed is logged with what to do and
+    left in place; `reported` are such leftovers already logged (tried again, quietly).
 
     Call it only when no writer of that kind is running: the supervisor before launching
     the trainer; on a directory shared by several nodes, a save in progress may be another
@@ -321,22 +343,36 @@ def remove_leftovers(
     ops = ops or FsOps()
     if listing is None:
         listing = scan(root)
-    removed = []
+    removed: list[Path] = []
+    stuck: list[Path] = []
     chosen = (*(listing.staging if staging else ()), *(listing.deleting if deleting else ()))
     for entry in chosen:
+        quiet = entry.path in reported
         staged = parse_staging(entry.name)
-        if staged is not None:
+        if not quiet and staged is not None:
             logger.warning(
                 "removing %s: a save of step %d by pid %d that never committed",
                 entry.path,
                 staged[0],
                 staged[1],
             )
-        else:
+        elif not quiet:
             logger.warning("removing %s: an interrupted prune", entry.path)
-        ops.remove_tree(entry.path)
+        try:
+            ops.remove_tree(entry.path)
+        except OSError as exc:
+            stuck.append(entry.path)
+            if not quiet:
+                logger.error(
+                    "cannot remove %s (%s); leaving it and going on (it is never resumed "
+                    "from). Remove it by hand: check `lsattr -R` (chattr -i an immutable "
+                    "file), its permissions, and whether the file system is read-only",
+                    entry.path,
+                    exc,
+                )
+            continue
         removed.append(entry.path)
-    return tuple(removed)
+    return Leftovers(tuple(removed), tuple(stuck))
 
 
 def tree_bytes(path: Path) -> int:
@@ -377,6 +413,8 @@ class ResumeDecision:
     """Newer checkpoints that were not resumed from, newest first, each with its reason."""
     quarantined: tuple[Quarantined, ...]
     removed_leftovers: tuple[Path, ...]
+    stuck_leftovers: tuple[Path, ...] = ()
+    """Leftovers that could not be removed (see Leftovers.stuck)."""
 
     @property
     def env_value(self) -> str:
@@ -393,19 +431,27 @@ def prepare_resume(
     limits: FormatLimits = DEFAULT_LIMITS,
     remove_staging: bool = True,
     remove_deleting: bool = True,
+    reported_leftovers: Collection[Path] = (),
+    exclude: Collection[str] = (),
 ) -> ResumeDecision:
     """At each (re)start, before the trainer runs: clean leftovers, find the newest intact
     checkpoint, and quarantine the newer ones that failed verification.
 
     Unrecognized foreign entries are skipped but left alone: they may not be checkpoints.
-    `remove_staging`, `remove_deleting`: see remove_leftovers (False on shared directories).
+    `remove_staging`, `remove_deleting`, `reported_leftovers`: see remove_leftovers (False
+    on shared directories); `exclude`: see find_newest_intact.
     """
     ops = ops or FsOps()
     listing = scan(root, foreign_globs)
-    removed = remove_leftovers(
-        root, ops=ops, listing=listing, staging=remove_staging, deleting=remove_deleting
+    leftovers = remove_leftovers(
+        root,
+        ops=ops,
+        listing=listing,
+        staging=remove_staging,
+        deleting=remove_deleting,
+        reported=reported_leftovers,
     )
-    found = find_newest_intact(root, cache=cache, limits=limits, listing=listing)
+    found = find_newest_intact(root, cache=cache, limits=limits, listing=listing, exclude=exclude)
     quarantined = []
     for info in found.skipped:
         if info.state is not CheckpointState.CORRUPT:
@@ -428,4 +474,6 @@ def prepare_resume(
             found.newest.reason,
             f"; skipped newer: {', '.join(i.name for i in found.skipped)}" if found.skipped else "",
         )
-    return ResumeDecision(found.newest, found.skipped, tuple(quarantined), removed)
+    return ResumeDecision(
+        found.newest, found.skipped, tuple(quarantined), leftovers.removed, leftovers.stuck
+    )

@@ -31,7 +31,6 @@ from stalwart.checkpoint.foreign import DEFAULT_LIMITS, FormatLimits, check_fore
 from stalwart.checkpoint.fsops import FsOps
 from stalwart.checkpoint.layout import (
     QUARANTINE_DIR,
-    CheckpointState,
     Entry,
     Listing,
     QuarantineReason,
@@ -41,7 +40,8 @@ from stalwart.checkpoint.layout import (
 )
 from stalwart.checkpoint.observe import Adopted, adopt
 from stalwart.checkpoint.quarantine import Quarantined, quarantine
-from stalwart.checkpoint.retention import METRICS_KEY, recorded_metrics
+from stalwart.policy.retention import METRICS_KEY, recorded_metrics
+from stalwart.types import CheckpointState
 
 logger = logging.getLogger(__name__)
 

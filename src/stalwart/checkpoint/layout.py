@@ -37,21 +37,6 @@ _FOREIGN_STEP_RES = (
 )
 
 
-class CheckpointState(enum.Enum):
-    """What is known about one checkpoint on disk."""
-
-    INTACT = "intact"
-    """Passed verification (digests for managed or adopted ones, format checks for foreign)."""
-    UNVERIFIED = "unverified"
-    """Not checked (yet), or only partly: never assumed intact."""
-    CORRUPT = "corrupt"
-    """Failed verification; to be quarantined."""
-    QUARANTINED = "quarantined"
-    """Moved to .quarantine/; never resumed from."""
-    STAGING = "staging"
-    """A save that has not committed (or never will: removed at start)."""
-
-
 class EntryKind(enum.Enum):
     MANAGED = "managed"
     FOREIGN = "foreign"

@@ -19,10 +19,11 @@ from stalwart.checkpoint import (
     plan_retention,
     retention_items,
 )
-from stalwart.checkpoint.retention import find_best, recorded_metrics
+from stalwart.checkpoint.config import CheckpointConfig
+from stalwart.checkpoint.pruning import find_best
 from stalwart.cli.tables import fmt_bytes, fmt_time, table
-from stalwart.config import CheckpointConfig
 from stalwart.errors import UsageError
+from stalwart.policy.retention import recorded_metrics
 from stalwart.remote import (
     Remote,
     RemoteConfig,

@@ -112,6 +112,8 @@ def render(snapshot: dict[str, Any]) -> str:
     add("resumed from", "resume_from")
     add("checkpoint interval", "interval_s", "{:g} s")
     add("next launch in", "next_launch_in_s", "{:.1f} s")
+    if snapshot.get("journal_ok") is False:
+        rows.append(("journal", f"NOT RECORDING: {snapshot.get('journal_error')}"))
     add("last attempt ended", "last_attempt_ended")
     add("last attempt", "last_attempt_kind")
     add("reason", "last_attempt_reason")

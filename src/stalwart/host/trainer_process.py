@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import IO, BinaryIO
 
 from stalwart.clock import Clock
-from stalwart.config import HangConfig
 from stalwart.host import process
 from stalwart.host.resources import ResourceSample
-from stalwart.policy.hang import HangDetector
+from stalwart.policy.hang import HangConfig, HangDetector
 
 logger = logging.getLogger(__name__)
 

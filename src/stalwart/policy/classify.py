@@ -11,8 +11,41 @@ import re
 import signal
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Annotated
 
+from pydantic import Field, field_validator
+
+from stalwart.policy.section import Section
 from stalwart.types import Classification, ExitKind, ExitStatus, signal_name
+
+
+class PatternRule(Section):
+    """A line pattern that decides the kind of a failure."""
+
+    regex: str
+    """Python regular expression searched in each of the last output lines."""
+    kind: ExitKind
+    """Kind assigned when it matches."""
+    retryable: bool = True
+    """Whether that failure may be retried."""
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from exc
+        return value
+
+
+class ClassifyConfig(Section):
+    """How an attempt's end is classified (on top of the built-in rules)."""
+
+    non_retryable_exit_codes: list[Annotated[int, Field(ge=1, le=255)]] = []
+    """Exit codes that mean the job cannot succeed by retrying (exit 3 at once)."""
+    patterns: list[PatternRule] = []
+    """Rules tried before the built-in ones, newest output line first."""
 
 
 @dataclass(frozen=True)

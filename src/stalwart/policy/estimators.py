@@ -41,8 +41,12 @@ DEFAULT_COUNTED_KINDS: frozenset[ExitKind] = frozenset(ExitKind) - NOT_MACHINE_F
 """Every failure kind that is not of the trainer's own making."""
 
 
-def _check_duration(name: str, value_s: float) -> float:
-    if not math.isfinite(value_s) or value_s < 0:
+def _check_duration(name: str, value_s: float) -> float | None:
+    """The sample, or None for one that is not finite (ignored: a broken clock or report
+    must not stop the supervisor). A negative one is the caller's bug."""
+    if not math.isfinite(value_s):
+        return None
+    if value_s < 0:
         raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value_s!r}")
     return float(value_s)
 
@@ -111,11 +115,13 @@ class SaveCostEstimator:
         self._persists = WindowedQuantile(quantile, window_saves)
 
     def observe(self, stall_s: float | None = None, persist_s: float | None = None) -> None:
-        """Record one save; either measurement may be missing."""
-        if stall_s is not None:
-            self._stalls.add(_check_duration("stall_s", stall_s))
-        if persist_s is not None:
-            self._persists.add(_check_duration("persist_s", persist_s))
+        """Record one save; either measurement may be missing (or not finite: ignored)."""
+        stall = None if stall_s is None else _check_duration("stall_s", stall_s)
+        persist = None if persist_s is None else _check_duration("persist_s", persist_s)
+        if stall is not None:
+            self._stalls.add(stall)
+        if persist is not None:
+            self._persists.add(persist)
 
     def estimate(self) -> SaveCost | None:
         """The current estimate, or None before the first measured save."""
@@ -138,7 +144,10 @@ class RestartCostEstimator:
         self._samples = WindowedQuantile(0.5, window_restarts)
 
     def observe(self, restart_s: float) -> None:
-        self._samples.add(_check_duration("restart_s", restart_s))
+        """One restart's cost; one that is not finite is ignored."""
+        sample = _check_duration("restart_s", restart_s)
+        if sample is not None:
+            self._samples.add(sample)
 
     def estimate(self) -> float | None:
         return self._samples.value
@@ -222,8 +231,9 @@ class FailureRateEstimator:
         return math.exp(-rate * exposure_s), -math.expm1(-rate * exposure_s) / rate
 
     def observe(self, exposure_s: float, kinds: Iterable[ExitKind] = ()) -> None:
-        """`exposure_s` of run time that ended in `kinds` (empty: no failure yet)."""
-        keep, added_s = self._decay(_check_duration("exposure_s", exposure_s))
+        """`exposure_s` of run time that ended in `kinds` (empty: no failure yet). Run time
+        that is not finite is unknown: none is added, the failures still count."""
+        keep, added_s = self._decay(_check_duration("exposure_s", exposure_s) or 0.0)
         self._prior_left *= keep
         self._exposure_s = self._exposure_s * keep + added_s
         for kind in self._failures:
@@ -242,7 +252,9 @@ class FailureRateEstimator:
         """M over `kinds` (default: the counted kinds), as if `running_exposure_s` more
         run time without a failure had been observed (the attempt still running)."""
         counted = self._counted if kinds is None else frozenset(kinds) - NOT_MACHINE_FAILURES
-        keep, added_s = self._decay(_check_duration("running_exposure_s", running_exposure_s))
+        keep, added_s = self._decay(
+            _check_duration("running_exposure_s", running_exposure_s) or 0.0
+        )
         exposure_s = self._exposure_s * keep + added_s
         failures = keep * sum(n for kind, n in self._failures.items() if kind in counted)
         prior_failures = self._prior_failures * self._prior_left * keep

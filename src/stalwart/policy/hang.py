@@ -13,10 +13,35 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-from stalwart.config import HangConfig
+from pydantic import Field
+
+from stalwart.policy.section import NonNegativeS, PositiveS, Section
 
 RECOMPUTE_EVERY_S = 1.0
 """The slow tail is re-sorted at most this often; heartbeats may come at 100 Hz."""
+
+
+class HangConfig(Section):
+    """When a trainer that heartbeats is called hung (it is then killed and relaunched)."""
+
+    enabled: bool = True
+    """Off: heartbeats are tracked for status but never lead to a kill."""
+    factor: float = Field(default=10.0, ge=1.0)
+    """Silence allowed, as a multiple of the slow tail of observed heartbeat gaps."""
+    tail_quantile: float = Field(default=0.99, gt=0, le=1)
+    """Which quantile of the heartbeat gaps is the slow tail."""
+    floor_s: PositiveS = 120.0
+    """Never call a hang sooner than this."""
+    first_step_s: PositiveS = 1800.0
+    """Allowance until `warmup_heartbeats` gaps are seen (start, restore, compilation)."""
+    warmup_heartbeats: int = Field(default=5, ge=1)
+    """Heartbeat gaps observed before the learned threshold applies."""
+    checkpoint_s: PositiveS = 3600.0
+    """Allowance while a checkpoint is being written (CKPT_BEGIN without a report)."""
+    window_heartbeats: int = Field(default=2000, ge=10)
+    """Recent heartbeat gaps kept to learn the slow tail."""
+    dump_wait_s: NonNegativeS = 3.0
+    """Time given to dump Python stacks (SIGUSR2 / py-spy) before the kill."""
 
 
 @dataclass(frozen=True)

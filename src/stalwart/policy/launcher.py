@@ -15,11 +15,15 @@ distinguishes them:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
-from stalwart.config import LauncherConfig
+from pydantic import Field, field_validator, model_validator
+
 from stalwart.errors import ConfigError
+from stalwart.policy.section import PositiveS, Section
 
 ENV_NODE_RANK = "STALWART_NODE_RANK"
 """This node's rank: read when `launcher.node_rank` is unset, passed to the trainer always."""
@@ -27,6 +31,134 @@ ENV_NNODES = "STALWART_NNODES"
 """The number of nodes, passed to the trainer."""
 TORCHRUN_MODULE = "torch.distributed.run"
 """What `torchrun` runs; started as `<python> -m torch.distributed.run` by default."""
+
+
+LAUNCHER_FLAGS = frozenset(
+    {
+        "--nnodes",
+        "--nproc-per-node",
+        "--nproc_per_node",
+        "--rdzv-backend",
+        "--rdzv_backend",
+        "--rdzv-endpoint",
+        "--rdzv_endpoint",
+        "--rdzv-id",
+        "--rdzv_id",
+        "--max-restarts",
+        "--max_restarts",
+        "--node-rank",
+        "--node_rank",
+        "--standalone",
+        "--no-python",
+        "--no_python",
+        "--run-path",
+        "--run_path",
+        "-m",
+        "--module",
+    }
+)
+"""torchrun flags stalwart writes itself (from the launcher fields and the command)."""
+TORCHRUN_FORWARDED_SIGNALS = frozenset({"SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT"})
+"""Signals torchrun's agent forwards to its workers unless told otherwise."""
+TORCHRUN_ONLY_FIELDS = (
+    "nproc_per_node",
+    "rdzv_endpoint",
+    "rdzv_backend",
+    "rdzv_id",
+    "max_restarts",
+    "torchrun",
+    "args",
+)
+"""Launcher fields that mean nothing with kind: direct (nnodes and node_rank still set roles)."""
+SIGNAL_FLAGS = frozenset({"--signals-to-handle", "--signals_to_handle"})
+ENDPOINT_PATTERN = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})$")
+"""`host:port`, the host a name, an IPv4 address or a bracketed IPv6 address."""
+
+
+class LauncherConfig(Section):
+    """How the trainer is started: the command as is, or under torchrun (one node's agent)."""
+
+    kind: Literal["direct", "torchrun"] = "direct"
+    """direct: run `command` as is; torchrun: run it as the workers of a torchrun agent,
+    one stalwart per node restarting that node's agent. Under torchrun a `command` whose
+    first element ends in `.py` runs with the launcher's Python; any other command runs as
+    written in each worker (`--no-python`: `python train.py`, `python -m pkg`, `./run.sh`)."""
+    nnodes: int = Field(default=1, ge=1)
+    """Nodes in the job (one stalwart each); with more than one, only node 0 prunes and
+    uploads the shared checkpoint directory."""
+    nproc_per_node: int = Field(default=1, ge=1)
+    """Worker processes torchrun starts on this node (usually one per GPU)."""
+    rdzv_endpoint: str | None = None
+    """`host:port` where the nodes meet (required with nnodes > 1); unset on one node:
+    torchrun's `--standalone` picks a free local port."""
+    rdzv_backend: str = Field(default="c10d", min_length=1)
+    """torchrun's rendezvous backend."""
+    rdzv_id: str | None = Field(default=None, min_length=1)
+    """Rendezvous id shared by all nodes of the job; default the job `name`."""
+    node_rank: int | None = Field(default=None, ge=0)
+    """This node's rank (0 is the primary); default $STALWART_NODE_RANK, else 0 on one node."""
+    max_restarts: int = Field(default=0, ge=0)
+    """Worker restarts torchrun makes by itself before its agent fails; 0 leaves every
+    restart to stalwart (which resumes from the newest verified checkpoint)."""
+    torchrun: list[str] | None = Field(default=None, min_length=1)
+    """The launcher command; default `[<stalwart's python>, -m, torch.distributed.run]`,
+    resolved at launch: the torch of stalwart's own environment, with no dependence on
+    PATH (systemd units get a minimal one)."""
+    args: list[str] = []
+    """Extra torchrun arguments (e.g. `--local-addr`, `--log-dir`), placed before the command."""
+    peer_exit_s: PositiveS = 10.0
+    """After a worker says it saved and left because another node drained the job
+    (PEER_DRAIN=1), how long this node's launcher may take to exit before it is stopped:
+    torchrun's agent otherwise waits up to 300 s at its exit barrier for the node that left."""
+
+    @field_validator("rdzv_endpoint")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        match = ENDPOINT_PATTERN.match(value.strip())
+        if match is None or not 1 <= int(match[2]) <= 65535:
+            raise ValueError(
+                "must be host:port with a port in 1-65535 (e.g. node0.cluster:29400 or "
+                "[fd00::1]:29400)"
+            )
+        return value.strip()
+
+    @field_validator("args")
+    @classmethod
+    def _no_managed_flags(cls, value: list[str]) -> list[str]:
+        for arg in value:
+            flag = arg.split("=", 1)[0]
+            if flag in LAUNCHER_FLAGS:
+                raise ValueError(
+                    f"{flag} is written by stalwart (from the launcher fields and `command`); "
+                    "set the launcher field instead"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LauncherConfig:
+        if self.kind == "direct":
+            # Compared with the defaults, not with what was written: a dumped config spells
+            # every default out and must load again.
+            torchrun_only = sorted(
+                name
+                for name in TORCHRUN_ONLY_FIELDS
+                if getattr(self, name) != type(self).model_fields[name].get_default()
+            )
+            if torchrun_only:
+                raise ValueError(
+                    f"{', '.join(torchrun_only)}: only used with kind: torchrun; "
+                    "set kind: torchrun or remove them"
+                )
+        elif self.nnodes > 1 and self.rdzv_endpoint is None:
+            raise ValueError(
+                f"nnodes is {self.nnodes}: set rdzv_endpoint to host:port of a machine all "
+                "nodes reach (usually node 0)"
+            )
+        if self.node_rank is not None and self.node_rank >= self.nnodes:
+            raise ValueError(f"node_rank {self.node_rank} must be below nnodes ({self.nnodes})")
+        return self
 
 
 @dataclass(frozen=True)

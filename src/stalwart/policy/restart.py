@@ -14,11 +14,49 @@ import math
 import random
 from collections import deque
 from dataclasses import dataclass
+from typing import Literal
 
-from stalwart.config import RestartConfig
+from pydantic import Field, model_validator
+
+from stalwart.policy.section import NonNegativeS, PositiveS, Section
 from stalwart.types import Classification, ExitKind
 
 logger = logging.getLogger(__name__)
+
+
+class RestartConfig(Section):
+    """When and how fast a failed trainer is relaunched."""
+
+    max_restarts: int = Field(default=10, ge=0)
+    """Relaunches allowed within `window_s`; one more failure gives up (exit 3)."""
+    window_s: PositiveS = 3600.0
+    """Sliding window over which failures spend the restart budget."""
+    backoff_initial_s: NonNegativeS = 1.0
+    """Backoff ceiling after the first consecutive failure."""
+    backoff_max_s: NonNegativeS = 300.0
+    """Cap on the backoff ceiling."""
+    backoff_multiplier: float = Field(default=2.0, ge=1.0)
+    """Growth of the backoff ceiling per consecutive failure."""
+    jitter: Literal["full", "equal", "none"] = "full"
+    """full: uniform in [0, ceiling]; equal: [ceiling/2, ceiling]; none: the ceiling."""
+    healthy_uptime_s: NonNegativeS = 600.0
+    """An attempt that ran this long resets the backoff to its initial value."""
+    started_after_s: NonNegativeS = 5.0
+    """An attempt alive this long counts as started (STARTING -> RUNNING)."""
+    poison_after_failures: int = Field(default=3, ge=1)
+    """Failures in a row after resuming from the same checkpoint, with no newer checkpoint
+    written, that mark it as poison: it is quarantined and the previous one is used."""
+    max_rollbacks: int = Field(default=2, ge=0)
+    """Poison rollbacks allowed per run; one more poison checkpoint gives up (exit 3)."""
+
+    @model_validator(mode="after")
+    def _cap_covers_initial(self) -> RestartConfig:
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ValueError(
+                f"backoff_max_s ({self.backoff_max_s}) must be >= "
+                f"backoff_initial_s ({self.backoff_initial_s})"
+            )
+        return self
 
 
 class Action(enum.Enum):

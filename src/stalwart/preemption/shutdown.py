@@ -1,7 +1,8 @@
 """Is a SIGTERM to the supervisor a preemption or a plain stop?
 
 A spot machine's last warning may be only the SIGTERM of its own shutdown. The
-rule (`sigterm_meaning`) is pure; `probe_shutdown` gathers the evidence:
+rule (`stalwart.policy.sigterm.sigterm_meaning`) is pure; `probe_shutdown` here gathers
+the evidence:
 systemd's own answer (`systemctl is-system-running` says `stopping`) when
 systemd is PID 1, else marker files that a shutdown leaves in /run. Without
 either (a container, no markers) the evidence is UNKNOWN, and with the config
@@ -11,14 +12,13 @@ since exit 0 tells an orchestrator that the job is finished.
 
 from __future__ import annotations
 
-import enum
 import logging
 import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from stalwart.types import ExitKind
+from stalwart.policy.sigterm import ShutdownEvidence
 
 logger = logging.getLogger(__name__)
 
@@ -29,36 +29,6 @@ systemd-user-sessions (or `shutdown`) creates as the system goes down."""
 SYSTEMCTL_TIMEOUT_S = 1.0
 STOPPING_STATES = frozenset({"stopping"})
 RUNNING_STATES = frozenset({"initializing", "starting", "running", "degraded", "maintenance"})
-
-
-class ShutdownEvidence(enum.Enum):
-    SHUTTING_DOWN = "shutting-down"
-    """systemd says `stopping`, or a shutdown marker exists."""
-    RUNNING = "running"
-    """systemd answered and the system is not going down."""
-    UNKNOWN = "unknown"
-    """Nobody to ask and no marker: a container, or a shutdown too fast to leave traces."""
-
-
-def sigterm_meaning(
-    *,
-    sigterm_is_preemption: bool,
-    evidence: ShutdownEvidence,
-    notice_pending: bool = False,
-) -> ExitKind:
-    """Pure: PREEMPTED or STOPPED for a SIGTERM (or other stop signal) to the supervisor.
-
-    A cloud notice already seen makes it a preemption whatever the config says.
-    Otherwise the config must opt in, and then only a system known to be running
-    (an operator's `systemctl stop`, a `kill`) makes it a plain stop.
-    """
-    if notice_pending:
-        return ExitKind.PREEMPTED
-    if not sigterm_is_preemption:
-        return ExitKind.STOPPED
-    if evidence is ShutdownEvidence.RUNNING:
-        return ExitKind.STOPPED
-    return ExitKind.PREEMPTED
 
 
 def systemctl_system_state(timeout_s: float = SYSTEMCTL_TIMEOUT_S) -> str | None:

@@ -23,7 +23,7 @@ from typing import TypeVar
 from stalwart.checkpoint.errors import CheckpointInvalid, CheckpointStoreError, Defect, DiskFull
 from stalwart.checkpoint.fsops import FsOps, is_out_of_space
 from stalwart.checkpoint.manifest import FileEntry, Manifest
-from stalwart.checkpoint.retention import disk_free_bytes
+from stalwart.checkpoint.pruning import disk_free_bytes
 from stalwart.checkpoint.store import CheckpointStore, Committed
 from stalwart.checkpoint.verify import DEFAULT_CHUNK_BYTES, check_file
 from stalwart.clock import Clock, SystemClock

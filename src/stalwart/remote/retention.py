@@ -13,15 +13,11 @@ import logging
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
-from stalwart.checkpoint.layout import MANIFEST_NAME, CheckpointState
-from stalwart.checkpoint.retention import (
-    RetentionItem,
-    RetentionPlan,
-    RetentionPolicy,
-    plan_retention,
-)
+from stalwart.checkpoint.layout import MANIFEST_NAME
+from stalwart.policy.retention import RetentionItem, RetentionPlan, RetentionPolicy, plan_retention
 from stalwart.remote.listing import RemoteCheckpoint, RemoteState, list_remote
 from stalwart.remote.location import Remote
+from stalwart.types import CheckpointState
 
 logger = logging.getLogger(__name__)
 

@@ -9,6 +9,7 @@ picks the checkpoint to resume from.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from stalwart.checkpoint import (
     CacheKey,
     CheckpointObserver,
     CheckpointState,
+    FsOps,
     HashAlgo,
     Quarantined,
     QuarantineReason,
@@ -35,9 +37,10 @@ from stalwart.checkpoint import (
     quarantine,
     retention_items,
 )
+from stalwart.checkpoint.config import CheckpointConfig
 from stalwart.checkpoint.frameworks import repair_for_resume
+from stalwart.checkpoint.layout import QUARANTINE_DIR
 from stalwart.clock import Clock
-from stalwart.config import CheckpointConfig
 from stalwart.journal import Journal, QuarantineRecord
 
 logger = logging.getLogger(__name__)
@@ -81,14 +84,22 @@ class CheckpointKeeper:
         journal: Journal,
         run_id: str,
         clock: Clock,
+        *,
+        ops: FsOps | None = None,
     ) -> None:
         self.config = config
         self.root = root
         self._journal = journal
         self._run_id = run_id
         self._clock = clock
+        self._ops = ops or FsOps()
         self.lock = threading.Lock()
         self._observer: CheckpointObserver | None = None
+        self._stuck_leftovers: tuple[Path, ...] = ()
+        """Leftovers that could not be removed, already logged (not logged again)."""
+        self.excluded: set[str] = set()
+        """Checkpoints quarantined in memory only (they could not be moved): never resumed
+        from again by this supervisor."""
 
     def prepare_resume(
         self, *, remove_staging: bool = True, remove_deleting: bool = True
@@ -110,9 +121,13 @@ class CheckpointKeeper:
                 self.root,
                 cache=JournalVerifyCache(self._journal, self.root),
                 foreign_globs=self.config.foreign_globs,
+                ops=self._ops,
                 remove_staging=remove_staging,
                 remove_deleting=remove_deleting,
+                reported_leftovers=self._stuck_leftovers,
+                exclude=self.excluded,
             )
+            self._stuck_leftovers = decision.stuck_leftovers
         for repair in repairs:
             logger.warning("%s", repair.describe())
             if repair.quarantined is not None:
@@ -128,23 +143,47 @@ class CheckpointKeeper:
             self._record(moved)
         return decision
 
-    def _record(self, moved: Quarantined) -> None:
+    def _record(self, moved: Quarantined, *, destination: str | None = None) -> None:
         self._journal.add_quarantine(
             QuarantineRecord(
                 run_id=self._run_id,
                 name=moved.name,
                 source=str(moved.source),
-                destination=str(moved.destination),
+                destination=str(moved.destination) if destination is None else destination,
                 reason=moved.reason.value,
                 detail=moved.detail,
                 at_unix=self._clock.wall(),
             )
         )
 
-    def quarantine(self, name: str, reason: QuarantineReason, detail: str) -> Path:
-        """Move a checkpoint aside (never deleted) and journal it."""
-        with self.lock:
-            moved = quarantine(self.root, name, reason, detail=detail)
+    def quarantine(self, name: str, reason: QuarantineReason, detail: str) -> Path | None:
+        """Move a checkpoint aside (never deleted) and journal it; where it went.
+
+        When it cannot be moved (a read-only or immutable directory): it is quarantined
+        in memory instead (never resumed from again by this supervisor), journaled with
+        an empty destination, and None is returned.
+        """
+        try:
+            with self.lock:
+                moved = quarantine(self.root, name, reason, detail=detail, ops=self._ops)
+        except OSError as exc:
+            self.excluded.add(name)
+            logger.error(
+                "cannot move checkpoint %s into %s (%s); it stays in place and this "
+                "supervisor will not resume from it again. Move it there by hand (once the "
+                "directory is writable) before the next `stalwart run`, or a restarted "
+                "supervisor may resume from it again",
+                name,
+                self.root / QUARANTINE_DIR,
+                exc,
+            )
+            note = f"not moved ({exc}): skipped in memory by the supervisor that found it"
+            stayed = Quarantined(name, self.root / name, self.root / name, reason, detail)
+            self._record(
+                dataclasses.replace(stayed, detail=f"{detail}; {note}" if detail else note),
+                destination="",
+            )
+            return None
         self._record(moved)
         return moved.destination
 
@@ -195,6 +234,7 @@ class CheckpointKeeper:
             best_mode=self.config.best_mode,
         )
         with Journal(journal_path) as journal, self.lock:
+            journal.survive_failures()  # a verdict not cached is only hashed again
             infos = list_checkpoints(
                 self.root,
                 full=True,
