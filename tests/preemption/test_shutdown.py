@@ -8,12 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from stalwart.preemption.shutdown import (
-    ShutdownEvidence,
-    probe_shutdown,
-    sigterm_meaning,
-    systemctl_system_state,
-)
+from stalwart.policy.sigterm import ShutdownEvidence, sigterm_meaning
+from stalwart.preemption.shutdown import probe_shutdown, systemctl_system_state
 from stalwart.types import ExitKind
 
 

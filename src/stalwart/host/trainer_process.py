@@ -113,22 +113,15 @@ class Trainer:
         self.done_reported = False
         self.peer_drained = False
         """A rank said PEER_DRAIN=1: another node drained the job."""
-        self.peer_exit_at_s: float | None = None
-        """When the launcher is stopped if it has not exited after PEER_DRAIN."""
         self.ready_s: float | None = None
         """Launch to first step heartbeat, once seen."""
         self.produced_checkpoint = False
         """A checkpoint was written during this attempt (the crash-loop rule needs it)."""
-        self.chaos_at_s: float | None = None
         self.chaos_killed = False
         self.reported_saves = False
         """The trainer reports its saves (CKPT_*): the directory watcher's view is not needed."""
         self.ckpt_step: int | None = None
         """Step of the save in progress (CKPT_BEGIN), until its report."""
-        self.escalate_grace_s: float | None = None
-        """Set when a drain escalates in stages: stop signal at kill_at_s, SIGKILL this later."""
-        self.kill_at_s: float | None = None
-        self.abandon_at_s: float | None = None
         self.first_sample: ResourceSample | None = None
         self.last_sample: ResourceSample | None = None
         self.peak_rss_bytes = 0
@@ -156,8 +149,8 @@ class Trainer:
         self.last_sample = sample
         self.peak_rss_bytes = max(self.peak_rss_bytes, sample.tree_rss_bytes)
 
-    def send_stop(self, signum: int, grace_s: float) -> None:
-        """The stop signal, once, to the trainer's group; SIGKILL follows after the grace.
+    def send_stop(self, signum: int) -> None:
+        """The stop signal, once, to the trainer's group (the core times the SIGKILL).
 
         Only the trainer's own group: a launcher that puts its workers in sessions of their
         own (torchrun) forwards the signal to them itself, and waits for them.
@@ -165,15 +158,14 @@ class Trainer:
         if not self.stop_signal_sent:
             process.signal_group(self.pid, signum)
             self.stop_signal_sent = True
-        self.kill_at_s = self._clock.monotonic() + grace_s
 
     def catchers(self, signum: int) -> list[int]:
         """The processes of the trainer's tree that handle `signum` (the client's SIGUSR2,
         a framework's SIGUSR1): under torchrun the workers, not the agent."""
         return [pid for pid in process.tree_pids(self.pid) if catches_signal(pid, signum)]
 
-    def dump_stacks(self, dump_dir: Path, dump_wait_s: float) -> None:
-        """Get the trainer's Python stacks into `dump_dir`, then SIGKILL after `dump_wait_s`.
+    def dump_stacks(self, dump_dir: Path, dump_wait_s: float) -> float:
+        """Get the trainer's Python stacks into `dump_dir`; how long to wait before SIGKILL.
 
         Every process of the tree that handles SIGUSR2 (a client-instrumented trainer or
         torchrun worker: faulthandler writes every thread's stack, even with the GIL stuck)
@@ -191,10 +183,9 @@ class Trainer:
                 ", ".join(map(str, catchers)),
                 dump_dir,
             )
-            self.kill_at_s = self._clock.monotonic() + dump_wait_s
-            return
+            return dump_wait_s
         self._py_spy_dump(dump_dir, dump_wait_s)
-        self.kill_at_s = self._clock.monotonic()
+        return 0.0
 
     def _py_spy_dump(self, dump_dir: Path, timeout_s: float) -> None:
         py_spy = shutil.which("py-spy")
@@ -215,12 +206,10 @@ class Trainer:
         except (OSError, subprocess.TimeoutExpired) as exc:
             logger.warning("py-spy dump of pid %d failed: %s", self.pid, exc)
 
-    def kill(self, kill_wait_s: float) -> None:
+    def kill(self) -> None:
         """SIGKILL every process group of the tree (torchrun's workers lead their own)."""
         process.signal_tree(self.pid, signal.SIGKILL)
         self.killed = True
-        self.kill_at_s = None
-        self.abandon_at_s = self._clock.monotonic() + kill_wait_s
 
     def finish_output(self) -> None:
         """Read what the pipes still hold, then close them (bounded in time)."""

@@ -7,9 +7,8 @@ import queue
 import signal
 
 from stalwart.checkpoint import WriteObserved
-from stalwart.policy.restart import (
-    State,
-)
+from stalwart.host.scheduler import Pool
+from stalwart.policy import events as ev
 from stalwart.preemption import (
     NoticeKind,
     PreemptionNotice,
@@ -26,7 +25,7 @@ from stalwart.supervisor.state import (
     SupervisorState,
     logger,
 )
-from stalwart.types import ExitCode, ExitKind, signal_name
+from stalwart.types import ExitKind, signal_name
 
 
 class DrainMixin(SupervisorState):
@@ -42,10 +41,12 @@ class DrainMixin(SupervisorState):
                 watcher.provider.value,
                 self.config.preemption.poll_interval_s,
             )
+            # Its own worker: never queued behind a checkpoint being hashed (issue 17).
             self._scheduler.every(
                 "preemption",
                 self.config.preemption.poll_interval_s,
                 lambda: watcher.poll(self.clock.wall()),
+                pool=Pool.PREEMPTION,
             )
         self._scheduler.every(
             "interval",
@@ -84,8 +85,9 @@ class DrainMixin(SupervisorState):
                 self.advice.set_interval(self.pacer.recompute(running_s).interval_s)
 
     def _on_stop_signal(self, signum: int) -> None:
+        """SIGINT/SIGTERM/SIGHUP: a stop request, or a preemption when SIGTERM means one."""
         why = signal_name(signum)
-        if signum == signal.SIGTERM and self._preemption is None:
+        if signum == signal.SIGTERM and self.core.notice is None and not self.core.terminal:
             meaning = sigterm_meaning(
                 sigterm_is_preemption=self.config.preemption.sigterm_is_preemption,
                 evidence=probe_shutdown()
@@ -103,17 +105,14 @@ class DrainMixin(SupervisorState):
                     )
                 )
                 return
-        if self._preemption is not None and self._stop_requests == 0 and self.attempt is not None:
-            # Already draining for a preemption: a further signal escalates, like a second Ctrl-C.
-            self._stop_requests = 1
         self.request_stop(why)
 
     def _on_preemption(self, notice: PreemptionNotice) -> None:
-        """A notice: emergency checkpoint, and for a binding one a drain before the deadline."""
-        now_unix, now_s = self.clock.wall(), self.clock.monotonic()
+        """A notice: an advisory one asks for a checkpoint; a binding one goes to the core."""
         if notice.event_id in self._notices_seen:
             return
         self._notices_seen.add(notice.event_id)
+        now_unix, now_s = self.clock.wall(), self.clock.monotonic()
         remaining = notice.remaining_s(now_unix)
         logger.warning(
             "%s: %s %s notice (%s)%s",
@@ -126,37 +125,26 @@ class DrainMixin(SupervisorState):
         if notice.advisory:
             self.checkpoint_now(f"{notice.provider.value} {notice.kind.value} recommendation")
             return
-        if self._preemption is not None or self.machine.terminal:
+        if self.core.notice is not None or self.core.terminal:
             return
         self._preemption = notice
-        self.advice.drain(checkpoint=True, deadline_unix=notice.deadline_unix)
-        if self.machine.state is State.BACKOFF:
-            self.relaunch_at_s = None
-            self._finish_preempted(None)
-            return
         attempt = self.attempt
-        if attempt is None:
-            return
-        margin_s = self.config.preemption.drain_margin_s
-        if notice.deadline_unix is not None:
-            escalate_s = now_s + max(notice.deadline_unix - now_unix - margin_s, 0.0)
-        else:
-            escalate_s = now_s + self.config.stop.grace_s
-        if attempt.hang.armed:
-            # A client-instrumented trainer drains itself from the advice file; the stop
-            # signal follows at the escalation point, SIGKILL half a margin later.
-            attempt.kill_at_s = escalate_s
-            attempt.escalate_grace_s = margin_s / 2
-        else:
-            attempt.send_stop(self.config.stop.signum, max(escalate_s - now_s, 0.0))
-        self._running_at_s = None
-        self.machine.to(State.STOPPING, f"preempted ({notice.provider.value})")
-        self._systemd.stopping(f"preempted: {notice.detail}")
-        self._systemd.extend_timeout(max(escalate_s - now_s, 0.0) + margin_s + 5.0)
+        self.feed(
+            ev.PreemptionNoticed(
+                label=notice.provider.value,
+                detail=notice.detail,
+                deadline_unix=notice.deadline_unix,
+                now_s=now_s,
+                now_unix=now_unix,
+                trainer_drains_itself=attempt is not None and attempt.hang.armed,
+            )
+        )
 
-    def _finish_preempted(self, number: int | None) -> None:
-        assert self._preemption is not None
+    def _finish_preempted(self, number: int | None) -> str:
+        """Acknowledge the notice, say what the next machine resumes from; the final message."""
         notice = self._preemption
+        if notice is None:
+            return f"{self.config.name}: machine preempted"
         if self._watcher is not None and notice.provider is not Provider.SIGNAL:
             acknowledged = self._watcher.acknowledge(notice)
             if acknowledged:
@@ -178,9 +166,7 @@ class DrainMixin(SupervisorState):
             else "(no deadline given)"
         )
         after = f"after attempt {number} drained " if number is not None else ""
-        self.exit_code = ExitCode.PREEMPTED
-        self.final_message = (
+        return (
             f"{self.config.name}: machine preempted ({notice.detail}); stopped {after}{timing}; "
             "the next start resumes from the newest intact checkpoint"
         )
-        self.machine.to(State.EXITED, "preempted")

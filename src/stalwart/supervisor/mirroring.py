@@ -62,7 +62,7 @@ class RemoteMixin(SupervisorState):
         local = Path(path)
         if local.parent != self.ckpt_dir or not local.name.startswith("step-"):
             return  # only the store's committed checkpoints are mirrored
-        urgent = self._preemption is not None
+        urgent = self.core.notice is not None
         if self._mirror.enqueue(local, urgent=urgent) and urgent:
             self._emergency_upload = local.name
 

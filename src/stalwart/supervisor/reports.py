@@ -5,6 +5,7 @@ from __future__ import annotations
 import selectors
 
 from stalwart.host.trainer_process import Trainer
+from stalwart.policy import events as ev
 from stalwart.supervisor.state import (
     SupervisorState,
 )
@@ -76,7 +77,7 @@ class NotifyMixin(SupervisorState):
             attempt.done_reported = True
         if "PEER_DRAIN" in fields and not attempt.peer_drained:
             attempt.peer_drained = True
-            attempt.peer_exit_at_s = now_s + self.config.launcher.peer_exit_s
+            self.feed(ev.PeerDrained(now_s))
         status = fields.get("STATUS")
         if isinstance(status, str):
             attempt.status_text = status

@@ -15,8 +15,9 @@ from pathlib import Path
 from stalwart.errors import UsageError
 from stalwart.host import process
 from stalwart.host.trainer_process import Trainer
+from stalwart.policy import events as ev
 from stalwart.policy.launcher import launch_argv, runs_as_script
-from stalwart.supervisor.state import CLEARED_ENV, SupervisorState
+from stalwart.supervisor.state import CLEARED_ENV, SupervisorState, logger
 
 
 class LaunchMixin(SupervisorState):
@@ -96,3 +97,70 @@ class LaunchMixin(SupervisorState):
             **self.role.env(),
         )
         return env
+
+    def _prepare_resume(self) -> ev.Event | None:
+        """The newest checkpoint that verifies intact (newer broken ones are quarantined).
+
+        On a directory shared by nodes, an unfinished save may be another node's, still
+        running: the trainer's rank 0 removes those once every rank is resuming. Only the
+        primary prunes, so only it removes a prune's leftovers.
+        """
+        assert self.keeper is not None
+        single = self.role.nnodes == 1
+        decision = self.keeper.prepare_resume(
+            remove_staging=single, remove_deleting=self.role.primary
+        )
+        self._resume = decision.env_value
+        return ev.ResumeReady(self.clock.monotonic())
+
+    def _spawn(self) -> ev.Event:
+        """Start the next attempt from the prepared resume point: `Launched` or `LaunchFailed`."""
+        assert self.journal is not None
+        assert self.run_record is not None
+        run_id = self.run_record.run_id
+        number = self.journal.next_attempt(run_id)
+        if self.journal_first_attempt < 0:
+            self.journal_first_attempt = number
+        resume_from = self._resume
+        prefix = f"[{self.config.name}#{number}] ".encode() if self.config.output.prefix else b""
+        argv = self.trainer_argv()
+        try:
+            attempt = Trainer(
+                number=number,
+                argv=argv,
+                env=self.trainer_env(number, resume_from),
+                cwd=self.config.cwd,
+                resume_from=resume_from,
+                selector=self._selector,
+                sinks=(self._stdout, self._stderr),
+                prefix=prefix,
+                tail_lines=self.config.output.tail_lines,
+                hang=self.config.hang,
+                clock=self.clock,
+            )
+        except OSError as exc:
+            self.journal.start_attempt(run_id, number, None, self.clock.wall(), resume_from)
+            return ev.LaunchFailed(
+                number, f"cannot start {argv[0]!r}: {exc}", self.clock.monotonic()
+            )
+        assert self._sentinel is not None
+        self._sentinel.watch(attempt.pid)
+        self.attempt = attempt
+        self.journal.start_attempt(run_id, number, attempt.pid, self.clock.wall(), resume_from)
+        logger.info(
+            "%s: attempt %d started: pid %d%s",
+            self.config.name,
+            number,
+            attempt.pid,
+            f", resuming from {resume_from}" if resume_from else "",
+        )
+        if number == self.journal_first_attempt:
+            self._systemd.ready(self._status_line())
+        else:
+            self._systemd.status(self._status_line())
+        self._sample_at_s = self.clock.monotonic()  # a baseline sample now (OOM evidence)
+        return ev.Launched(number, attempt.pid, attempt.started_s)
+
+    def _resume_progress(self, now_s: float) -> None:
+        """While the resume is prepared off the loop: STATUS and EXTEND_TIMEOUT to systemd."""
+        return

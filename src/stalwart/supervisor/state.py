@@ -33,9 +33,14 @@ from stalwart.host.resources import ResourceSampler
 from stalwart.host.scheduler import Scheduler
 from stalwart.host.trainer_process import Trainer
 from stalwart.journal import Journal, RunRecord
+from stalwart.policy.bookkeeping import CoreSettings
 from stalwart.policy.classify import compile_rules
+from stalwart.policy.deadlines import Due
+from stalwart.policy.events import Event
 from stalwart.policy.launcher import NodeRole
+from stalwart.policy.lifecycle import Lifecycle
 from stalwart.policy.restart import (
+    Decision,
     PoisonTracker,
     RestartPolicy,
     StateMachine,
@@ -47,7 +52,7 @@ from stalwart.preemption import (
 from stalwart.remote import RemoteMirror, UploadResult
 from stalwart.supervisor.keeper import CheckpointKeeper, RetentionDone
 from stalwart.supervisor.pacing import Pacer
-from stalwart.types import ExitCode
+from stalwart.types import Classification, ExitCode, ExitStatus
 
 logger = logging.getLogger("stalwart.supervisor")
 
@@ -80,16 +85,21 @@ class SupervisorState:
         self._stdout = stdout or sys.stdout.buffer
         self._stderr = stderr or sys.stderr.buffer
         self.policy = RestartPolicy(config.restart, rng)
-        self.machine = StateMachine(config.name)
         self.rules = compile_rules((p.regex, p.kind, p.retryable) for p in config.classify.patterns)
         self.state_dir = paths.state_dir(config.name, config.state_dir, self.environ)
         self.ckpt_dir = (config.checkpoint.dir or self.state_dir / "checkpoints").absolute()
         self.exit_code = ExitCode.OK
         self.final_message = ""
         self.attempt: Trainer | None = None
-        self.relaunch_at_s: float | None = None
-        self._running_at_s: float | None = None
-        self._stop_requests = 0
+        self._ended_attempt: Trainer | None = None
+        self._ended_status: ExitStatus | None = None
+        """The attempt that just ended, until its end is concluded (the decision needs it)."""
+        self._resume = ""
+        """The prepared resume point of the next attempt (STALWART_RESUME_FROM)."""
+        self._resume_pending_since_s: float | None = None
+        self._status_at_s = 0.0
+        self._internal_errors = 0
+        self._halted = False
         self._signals: deque[int] = deque()
         self._selector = selectors.DefaultSelector()
         self.advice = AdviceBoard(config.checkpoint.interval.fixed_interval_s)
@@ -104,7 +114,24 @@ class SupervisorState:
         """This node of the job (set from the launcher config and the environment at setup);
         only the primary prunes, adopts and mirrors the shared checkpoint directory."""
         self._chaos_rng = random.Random(config.chaos.seed)
-        self._chaos_kills = 0
+        chaos = config.chaos
+        self.core = Lifecycle(
+            CoreSettings(
+                name=config.name,
+                grace_s=config.stop.grace_s,
+                kill_wait_s=config.stop.kill_wait_s,
+                started_after_s=config.restart.started_after_s,
+                drain_margin_s=config.preemption.drain_margin_s,
+                peer_exit_s=config.launcher.peer_exit_s,
+                chaos_enabled=chaos.enabled,
+                chaos_min_s=chaos.kill_after_min_s,
+                chaos_max_s=chaos.kill_after_max_s,
+                chaos_max_kills=chaos.max_kills,
+                chaos_reason=CHAOS_REASON,
+            ),
+            self._chaos_rng,
+        )
+        """The sans-I/O core: every lifecycle decision (stop, drain, escalation, exit)."""
         # set in run()
         self.journal: Journal | None = None
         self.run_record: RunRecord | None = None
@@ -132,7 +159,36 @@ class SupervisorState:
         self._emergency_upload: str | None = None
         """Name of the checkpoint uploaded urgently during a preemption drain."""
 
+    @property
+    def machine(self) -> StateMachine:
+        return self.core.machine
+
+    @property
+    def relaunch_at_s(self) -> float | None:
+        return self.core.deadlines.get(Due.RELAUNCH)
+
     # Implemented by the mixins and the loop (declared for the other mixins).
+
+    def feed(self, event: Event) -> None:
+        raise NotImplementedError
+
+    def _poison_rule(
+        self,
+        attempt: Trainer,
+        status: ExitStatus | None,
+        verdict: Classification,
+        decision: Decision,
+    ) -> Decision:
+        raise NotImplementedError
+
+    def _finish_preempted(self, number: int | None) -> str:
+        raise NotImplementedError
+
+    def _read_notify(self) -> None:
+        raise NotImplementedError
+
+    def _status_line(self) -> str:
+        raise NotImplementedError
 
     def request_stop(self, why: str) -> None:
         raise NotImplementedError
