@@ -368,6 +368,10 @@ class Lifecycle:
             self._emit(Abandon(attempt.number))
             self._forget_attempt()
             kind = ExitKind.HANG if attempt.hang_killed else ExitKind.UNKNOWN
+            if self.notice is not None:
+                kind = ExitKind.PREEMPTED
+            elif self.drain is not None or self.stop_sources:
+                kind = ExitKind.STOPPED
             verdict = Classification(
                 kind, True, f"pid {attempt.pid} could not be reaped after SIGKILL"
             )
