@@ -34,7 +34,6 @@ import torch.distributed as dist
 from stalwart.checkpoint import (
     CheckpointStore,
     Committed,
-    Transaction,
     VerifyLevel,
     prepare_resume,
     verify_checkpoint,
@@ -44,22 +43,12 @@ from stalwart.torch import rng
 from stalwart.torch import sharded as sharded_mod
 from stalwart.torch.background import Background
 from stalwart.torch.errors import StateMismatch
-from stalwart.torch.files import (
-    FORMAT,
-    FORMAT_NAME,
-    LoadedCheckpoint,
-    SavePlan,
-    read_checkpoint,
-    write_checkpoint,
-)
+from stalwart.torch.files import LoadedCheckpoint, read_checkpoint
+from stalwart.torch.fit import state_mismatch
 from stalwart.torch.signals import SignalRequests
-from stalwart.torch.tree import SnapshotBuffers, flatten, for_direct_write
+from stalwart.torch.strategies import LocalSaves, SaveStrategy, ShardedSaves, dcp_optimizer
 
 logger = logging.getLogger(__name__)
-
-AGREE_EVERY_S = 0.1
-"""Sharded: how often (in training time) the ranks agree on whether to save or leave."""
-MAX_STRIDE = 1000
 
 
 @runtime_checkable
@@ -196,13 +185,8 @@ class Checkpointer:
                 raise TypeError(f"{name}: has no state_dict()/load_state_dict()")
         if sharded is None:
             sharded = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-        self._ranks = sharded_mod.Ranks() if sharded else None
-        self._until_agreement = 1
-        """Steps until the ranks next agree on saving and leaving (sharded only)."""
-        self._asked = False
-        self._step_s: float | None = None
-        self._last_step_s: float | None = None
-        self._local_rank = int(env.get("LOCAL_RANK", "0") or 0)
+        ranks = sharded_mod.Ranks() if sharded else None
+        local_rank = int(env.get("LOCAL_RANK", "0") or 0)
         self.store = _resolve_store(store, ckpt_dir, env)
         self._owns_client = client is None
         self.client = client if client is not None else Client(env)
@@ -214,8 +198,12 @@ class Checkpointer:
         self._clock = clock
         self._signals = SignalRequests(save_signals, exit_signals)
         self._background: Background[SaveOutcome] = Background("stalwart-checkpoint")
-        self._model_buffers = SnapshotBuffers()
-        self._state_buffers = SnapshotBuffers()
+        self._saves: SaveStrategy = (
+            LocalSaves()
+            if ranks is None
+            else ShardedSaves(ranks, local_rank=local_rank, clock=clock)
+        )
+        """Where one process and the ranks of a sharded job differ."""
         self._requested_step: int | None = None
         """The step of the newest save started (or restored); a failed save resets it."""
         self._durable_step: int | None = None
@@ -250,49 +238,15 @@ class Checkpointer:
             return True
         self._collect(wait=False)
         self.client.step(step)
-        if self._ranks is not None:
-            return self._step_end_ranked(self._ranks, step)
-        if self._signals.exit_signal is not None or self.client.drain:
-            self._drain(step)
-            return True
-        asked = self._signals.take_save_request()
-        if asked or (not self._background.pending and self._due(step)):
-            self.save(step)
-        return False
+        return self._saves.step_end(self, step)
 
-    def _step_end_ranked(self, ranks: sharded_mod.Ranks, step: int) -> bool:
-        """Every `stride` steps, the ranks do what any of them asked for at the previous
-        agreement, then post what each wants now (after acting, so a save is never asked
-        twice). The reduction runs in the background meanwhile: its latency hides behind
-        training, and the stride keeps its cost small against short steps."""
-        now_s = self._clock()
-        if self._last_step_s is not None:
-            gap_s = now_s - self._last_step_s
-            self._step_s = gap_s if self._step_s is None else 0.9 * self._step_s + 0.1 * gap_s
-        self._last_step_s = now_s
-        self._asked = self._signals.take_save_request() or self._asked
-        self._until_agreement -= 1
-        if self._until_agreement > 0:
-            return False
-        agreed = ranks.collect()
-        leave, due, stride = agreed if agreed is not None else (0, 0, 1)
-        self._until_agreement = stride
-        if leave:
-            self._drain(step)
-            return True
-        if due:
-            self.save(step)
-        wants_out = self._signals.exit_signal is not None or self.client.drain
-        wants_save = self._asked or (not self._background.pending and self._due(step))
-        self._asked = False
-        ranks.post(int(wants_out), int(wants_save), self._stride())
-        return False
+    def _leaving(self) -> bool:
+        """An exit signal or the supervisor's drain asks this process to leave."""
+        return self._signals.exit_signal is not None or self.client.drain
 
-    def _stride(self) -> int:
-        """Steps between agreements: about AGREE_EVERY_S of training, at least one step."""
-        if self._step_s is None or self._step_s <= 0:
-            return 1
-        return max(1, min(MAX_STRIDE, int(AGREE_EVERY_S / self._step_s)))
+    def _due_now(self, step: int) -> bool:
+        """No save is being written and one is due (interval, supervisor's advice)."""
+        return not self._background.pending and self._due(step)
 
     def _due(self, step: int) -> bool:
         if self.interval_s is not None and not self.client.supervised:
@@ -326,10 +280,7 @@ class Checkpointer:
             if wait:
                 self._collect(wait=True)
             return False
-        busy = self._background.pending
-        if self._ranks is not None:
-            (busy,) = self._ranks.any(busy)
-        if busy:
+        if self._saves.any_busy(self._background.pending):
             if self.busy is Busy.SKIP and not wait:
                 logger.info(
                     "checkpoint of step %d skipped: step %s is still being written",
@@ -339,102 +290,26 @@ class Checkpointer:
                 return False
             self._collect(wait=True)
         in_background = self.async_save and not wait
-        if self._ranks is not None:
-            self._save_sharded(self._ranks, step, started_s, background=in_background)
-            return True
-        tx = self.store.begin(step, meta={"format": f"{FORMAT_NAME}/{FORMAT}"})
-        try:
-            plan = self._plan(step, copy=in_background)
-        except BaseException:
-            tx.abort()
-            raise
-        self.client.checkpoint_begin(step)
+        complete = self._saves.begin(self, step, background=in_background)
         if in_background:
             stall_s = self._clock() - started_s
-            self._background.start(lambda: self._persist(tx, plan, started_s, stall_s))
+            self._background.start(lambda: self._outcome(step, complete, started_s, stall_s))
             self._requested_step = step
         else:
-            self._report(self._persist(tx, plan, started_s, None))
+            self._report(self._outcome(step, complete, started_s, None))
         return True
 
-    def _save_sharded(
-        self, ranks: sharded_mod.Ranks, step: int, started_s: float, *, background: bool
-    ) -> None:
-        shards = sharded_mod.dcp_state(self.model, self._dcp_optimizer())
-        own = sharded_mod.capture_rank_state(step, self._rank_state(), copy=background)
-        self.client.checkpoint_begin(step)
-        meta = {
-            "format": f"{sharded_mod.FORMAT_NAME}/{sharded_mod.FORMAT}",
-            "world_size": ranks.world_size,
-        }
-        save = sharded_mod.start_save(
-            ranks, self.store, step, meta=meta, shards=shards, own=own, background=background
-        )
-
-        def complete(stall_s: float | None) -> SaveOutcome:
-            committed = save.complete()
-            persist_s = self._clock() - started_s
-            stall = persist_s if stall_s is None else stall_s
-            return SaveOutcome(step, committed, stall_s=stall, persist_s=persist_s)
-
-        if background:
-            stall_s = self._clock() - started_s
-            self._background.start(lambda: complete(stall_s))
-            self._requested_step = step
-        else:
-            self._report(complete(None))
-
-    def _dcp_optimizer(self) -> torch.optim.Optimizer | None:
-        """The optimizer DCP saves with the model (sharded like it); None: none, or not a
-        torch optimizer (then it is saved with each rank's own state)."""
-        optimizer = self.components.get("optimizer")
-        return optimizer if isinstance(optimizer, torch.optim.Optimizer) else None
-
-    def _rank_state(self) -> dict[str, Any]:
-        """What a sharded save keeps per rank: everything but the model and DCP's optimizer."""
-        dcp_optimizer = self._dcp_optimizer()
-        state = {
-            name: obj.state_dict()
-            for name, obj in self.components.items()
-            if obj is not dcp_optimizer
-        }
-        state["rng"] = rng.capture()
-        return state
-
-    def _plan(self, step: int, *, copy: bool) -> SavePlan:
-        model_flat = flatten(self.model.state_dict())
-        state = {name: obj.state_dict() for name, obj in self.components.items()}
-        state["rng"] = rng.capture()
-        state_flat = flatten(state)
-        events: list[Any] = []
-        if copy:
-            model_tensors, model_events = self._model_buffers.copy(model_flat.tensors)
-            state_tensors, state_events = self._state_buffers.copy(state_flat.tensors)
-            events = model_events + state_events
-        else:
-            model_tensors = for_direct_write(model_flat.tensors)
-            state_tensors = for_direct_write(state_flat.tensors)
-        document = {
-            "format_name": FORMAT_NAME,
-            "format": FORMAT,
-            "step": step,
-            "model": model_flat.skeleton,
-            "state": state_flat.skeleton,
-        }
-
-        def ready() -> None:
-            for event in events:
-                event.synchronize()
-
-        return SavePlan(step, model_tensors, state_tensors, document, ready)
-
-    def _persist(
-        self, tx: Transaction, plan: SavePlan, started_s: float, stall_s: float | None
+    def _outcome(
+        self,
+        step: int,
+        complete: Callable[[], Committed],
+        started_s: float,
+        stall_s: float | None,
     ) -> SaveOutcome:
-        committed = write_checkpoint(tx, plan)
+        committed = complete()
         persist_s = self._clock() - started_s
         return SaveOutcome(
-            step=plan.step,
+            step=step,
             committed=committed,
             stall_s=persist_s if stall_s is None else stall_s,
             persist_s=persist_s,
@@ -446,7 +321,7 @@ class Checkpointer:
         self._last_durable_s = self._clock()
         # Every rank restarts its interval clock; one rank per node reports the costs, so
         # its supervisor records the save once.
-        reports = self._ranks is None or self._local_rank == 0
+        reports = self._saves.reports_costs
         self.client.saved(
             outcome.step,
             stall_s=outcome.stall_s if reports else None,
@@ -487,13 +362,7 @@ class Checkpointer:
         anything is loaded (StateMismatch lists what differs).
         """
         self._collect(wait=True)
-        source = self._source(path)
-        if self._ranks is not None and self.client.supervised:
-            source = sharded_mod.agree_on_resume(self._ranks, source)
-            sharded_mod.remove_unfinished_saves(self._ranks, self.store.root)
-        elif self._ranks is not None:
-            chosen = self._ranks.from_rank0(None if source is None else str(source))
-            source = None if chosen is None else Path(chosen)
+        source = self._saves.resume_from(self, self._source(path))
         if source is None:
             return 0
         if sharded_mod.is_sharded(source):
@@ -510,10 +379,9 @@ class Checkpointer:
         return loaded.step
 
     def _restore_sharded(self, source: Path) -> int:
-        optimizer = self._dcp_optimizer()
-        sharded_mod.load_shards(source, self._ranks, self.model, optimizer)
-        rank = self._ranks.rank if self._ranks is not None else 0
-        step, state = sharded_mod.read_rank_state(source, rank)
+        optimizer = dcp_optimizer(self.components)
+        sharded_mod.load_shards(source, self._saves.ranks, self.model, optimizer)
+        step, state = sharded_mod.read_rank_state(source, self._saves.rank)
         wanted = [name for name, obj in self.components.items() if obj is not optimizer]
         absent = [name for name in (*wanted, "rng") if name not in state]
         if absent:
@@ -538,48 +406,20 @@ class Checkpointer:
             return Path(self.client.resume_from)  # verified by the supervisor
         if self.client.supervised:
             return None  # the supervisor found nothing to resume from
-        if self._ranks is not None and self._ranks.rank != 0:
+        if self._saves.rank != 0:
             return None  # rank 0 looks, and tells the others
         decision = prepare_resume(self.store.root)
         return decision.resume_from.path if decision.resume_from is not None else None
 
     def _check(self, loaded: LoadedCheckpoint) -> None:
-        expected = self.model.state_dict()
-        missing = [key for key in expected if key not in loaded.model]
-        unexpected = [key for key in loaded.model if key not in expected]
-        mismatched = []
-        for key, want in expected.items():
-            got = loaded.model.get(key)
-            if (
-                isinstance(want, torch.Tensor)
-                and isinstance(got, torch.Tensor)
-                and got.shape != want.shape
-            ):
-                mismatched.append(
-                    f"{key}: checkpoint {list(got.shape)} vs model {list(want.shape)}"
-                )
-        problems = [
-            f"{name}: not in the checkpoint" for name in self.components if name not in loaded.state
-        ]
-        if "rng" not in loaded.state:
-            problems.append("rng: not in the checkpoint")
-        optimizer = self.components.get("optimizer")
-        saved_optimizer = loaded.state.get("optimizer")
-        if isinstance(optimizer, torch.optim.Optimizer) and isinstance(saved_optimizer, dict):
-            problems.extend(_optimizer_problems(optimizer, saved_optimizer))
+        mismatch = state_mismatch(loaded, self.model, self.components, strict=self.strict)
         for name in loaded.state:
             if name != "rng" and name not in self.components:
                 logger.warning(
                     "checkpoint %s has %r state; nothing restores it", loaded.path.name, name
                 )
-        if mismatched or problems or (self.strict and (missing or unexpected)):
-            raise StateMismatch(
-                loaded.path.name,
-                missing=missing if self.strict else (),
-                unexpected=unexpected if self.strict else (),
-                mismatched=mismatched,
-                components=problems,
-            )
+        if mismatch is not None:
+            raise mismatch
 
     # lifetime
 
@@ -591,11 +431,8 @@ class Checkpointer:
             self._collect(wait=True)
         finally:
             self._closed = True
-            if self._ranks is not None:
-                self._ranks.close()
+            self._saves.close()
             self._signals.close()
-            self._model_buffers.clear()
-            self._state_buffers.clear()
             if self._owns_client:
                 self.client.close()
 
@@ -616,22 +453,3 @@ class Checkpointer:
         except Exception:
             # The loop's own exception is on its way; this one must not hide it.
             logger.exception("the checkpoint in flight failed as well")
-
-
-def _optimizer_problems(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> list[str]:
-    groups = saved.get("param_groups")
-    if not isinstance(groups, list):
-        return ["optimizer: the saved state has no param_groups"]
-    if len(groups) != len(optimizer.param_groups):
-        return [
-            f"optimizer: {len(groups)} parameter groups saved, {len(optimizer.param_groups)} now"
-        ]
-    problems = []
-    for index, (was, now) in enumerate(zip(groups, optimizer.param_groups, strict=True)):
-        saved_params = was.get("params", []) if isinstance(was, dict) else []
-        if len(saved_params) != len(now["params"]):
-            problems.append(
-                f"optimizer group {index}: {len(saved_params)} parameters saved, "
-                f"{len(now['params'])} now"
-            )
-    return problems

@@ -1,0 +1,260 @@
+"""Save strategies: how the Checkpointer's saves are decided, written and resumed from.
+
+    LocalSaves    one process: it decides alone at every step and writes the whole state
+                  as one stalwart.torch checkpoint (files.py).
+    ShardedSaves  every rank of a torch.distributed job: the ranks agree when to save, when
+                  to leave and where to resume; each writes its shards through DCP and rank
+                  0 commits them as one checkpoint (sharded.py).
+
+The Checkpointer holds one and leaves everything that depends on the number of processes
+to it; what it does itself (snapshot timing, reports, restore checks) is the same for both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+
+from stalwart.checkpoint import CheckpointStore, Committed
+from stalwart.client import Client
+from stalwart.torch import rng
+from stalwart.torch import sharded as sharded_mod
+from stalwart.torch.files import FORMAT, FORMAT_NAME, SavePlan, write_checkpoint
+from stalwart.torch.signals import SignalRequests
+from stalwart.torch.tree import SnapshotBuffers, flatten, for_direct_write
+
+if TYPE_CHECKING:
+    from stalwart.torch.checkpointer import Stateful
+
+AGREE_EVERY_S = 0.1
+"""Sharded: how often (in training time) the ranks agree on whether to save or leave."""
+MAX_STRIDE = 1000
+
+
+class Host(Protocol):
+    """The Checkpointer, as its save strategy sees it."""
+
+    model: torch.nn.Module
+    components: dict[str, Stateful]
+    store: CheckpointStore
+    client: Client
+    _signals: SignalRequests
+
+    def save(self, step: int, *, wait: bool = False) -> bool: ...
+
+    def _drain(self, step: int) -> None:
+        """Save synchronously (unless this step is saved already), then leave."""
+
+    def _leaving(self) -> bool:
+        """An exit signal or the supervisor's drain asks this process to leave."""
+
+    def _due_now(self, step: int) -> bool:
+        """No save is being written and one is due (interval, supervisor's advice)."""
+
+
+class SaveStrategy(Protocol):
+    """Where the single-process and the sharded Checkpointer differ."""
+
+    @property
+    def ranks(self) -> sharded_mod.Ranks | None:
+        """The job's ranks (loading a sharded checkpoint with them); None: one process."""
+
+    @property
+    def rank(self) -> int:
+        """This process's rank (0 alone)."""
+
+    @property
+    def reports_costs(self) -> bool:
+        """This process reports each save's costs to its supervisor."""
+
+    def step_end(self, host: Host, step: int) -> bool:
+        """Save or drain when due; True: drained, leave the loop."""
+
+    def any_busy(self, busy: bool) -> bool:
+        """Whether the previous save is still being written here (or on any rank)."""
+
+    def begin(self, host: Host, step: int, *, background: bool) -> Callable[[], Committed]:
+        """Start a save of the state as of `step` (snapshot it when in the `background`);
+        the function returned completes it and returns the committed checkpoint."""
+
+    def resume_from(self, host: Host, source: Path | None) -> Path | None:
+        """The checkpoint this process resumes from, given the one it found itself."""
+
+    def close(self) -> None: ...
+
+
+def dcp_optimizer(components: Mapping[str, Stateful]) -> torch.optim.Optimizer | None:
+    """The optimizer DCP saves with the model (sharded like it); None: none, or not a
+    torch optimizer (then it is saved with each rank's own state)."""
+    optimizer = components.get("optimizer")
+    return optimizer if isinstance(optimizer, torch.optim.Optimizer) else None
+
+
+class LocalSaves:
+    """One process: decides alone, writes the whole state into one checkpoint."""
+
+    ranks: sharded_mod.Ranks | None = None
+    rank = 0
+    reports_costs = True
+
+    def __init__(self) -> None:
+        self._model_buffers = SnapshotBuffers()
+        self._state_buffers = SnapshotBuffers()
+
+    def step_end(self, host: Host, step: int) -> bool:
+        if host._leaving():
+            host._drain(step)
+            return True
+        asked = host._signals.take_save_request()
+        if asked or host._due_now(step):
+            host.save(step)
+        return False
+
+    def any_busy(self, busy: bool) -> bool:
+        return busy
+
+    def begin(self, host: Host, step: int, *, background: bool) -> Callable[[], Committed]:
+        tx = host.store.begin(step, meta={"format": f"{FORMAT_NAME}/{FORMAT}"})
+        try:
+            plan = self._plan(host, step, copy=background)
+        except BaseException:
+            tx.abort()
+            raise
+        host.client.checkpoint_begin(step)
+        return lambda: write_checkpoint(tx, plan)
+
+    def _plan(self, host: Host, step: int, *, copy: bool) -> SavePlan:
+        model_flat = flatten(host.model.state_dict())
+        state = {name: obj.state_dict() for name, obj in host.components.items()}
+        state["rng"] = rng.capture()
+        state_flat = flatten(state)
+        events: list[Any] = []
+        if copy:
+            model_tensors, model_events = self._model_buffers.copy(model_flat.tensors)
+            state_tensors, state_events = self._state_buffers.copy(state_flat.tensors)
+            events = model_events + state_events
+        else:
+            model_tensors = for_direct_write(model_flat.tensors)
+            state_tensors = for_direct_write(state_flat.tensors)
+        document = {
+            "format_name": FORMAT_NAME,
+            "format": FORMAT,
+            "step": step,
+            "model": model_flat.skeleton,
+            "state": state_flat.skeleton,
+        }
+
+        def ready() -> None:
+            for event in events:
+                event.synchronize()
+
+        return SavePlan(step, model_tensors, state_tensors, document, ready)
+
+    def resume_from(self, host: Host, source: Path | None) -> Path | None:
+        return source
+
+    def close(self) -> None:
+        self._model_buffers.clear()
+        self._state_buffers.clear()
+
+
+class ShardedSaves:
+    """Every rank: the ranks agree, each writes its shards, rank 0 commits them."""
+
+    reports_costs: bool
+
+    def __init__(
+        self, ranks: sharded_mod.Ranks, *, local_rank: int, clock: Callable[[], float]
+    ) -> None:
+        self._ranks = ranks
+        self.reports_costs = local_rank == 0
+        """One rank per node reports the costs, so its supervisor records the save once."""
+        self._clock = clock
+        self._until_agreement = 1
+        """Steps until the ranks next agree on saving and leaving."""
+        self._asked = False
+        self._step_s: float | None = None
+        self._last_step_s: float | None = None
+
+    @property
+    def ranks(self) -> sharded_mod.Ranks:
+        return self._ranks
+
+    @property
+    def rank(self) -> int:
+        return self._ranks.rank
+
+    def step_end(self, host: Host, step: int) -> bool:
+        """Every `stride` steps, the ranks do what any of them asked for at the previous
+        agreement, then post what each wants now (after acting, so a save is never asked
+        twice). The reduction runs in the background meanwhile: its latency hides behind
+        training, and the stride keeps its cost small against short steps."""
+        now_s = self._clock()
+        if self._last_step_s is not None:
+            gap_s = now_s - self._last_step_s
+            self._step_s = gap_s if self._step_s is None else 0.9 * self._step_s + 0.1 * gap_s
+        self._last_step_s = now_s
+        self._asked = host._signals.take_save_request() or self._asked
+        self._until_agreement -= 1
+        if self._until_agreement > 0:
+            return False
+        agreed = self._ranks.collect()
+        leave, due, stride = agreed if agreed is not None else (0, 0, 1)
+        self._until_agreement = stride
+        if leave:
+            host._drain(step)
+            return True
+        if due:
+            host.save(step)
+        wants_out = host._leaving()
+        wants_save = self._asked or host._due_now(step)
+        self._asked = False
+        self._ranks.post(int(wants_out), int(wants_save), self._stride())
+        return False
+
+    def _stride(self) -> int:
+        """Steps between agreements: about AGREE_EVERY_S of training, at least one step."""
+        if self._step_s is None or self._step_s <= 0:
+            return 1
+        return max(1, min(MAX_STRIDE, int(AGREE_EVERY_S / self._step_s)))
+
+    def any_busy(self, busy: bool) -> bool:
+        (busy,) = self._ranks.any(busy)
+        return busy
+
+    def begin(self, host: Host, step: int, *, background: bool) -> Callable[[], Committed]:
+        shards = sharded_mod.dcp_state(host.model, dcp_optimizer(host.components))
+        own = sharded_mod.capture_rank_state(step, self._rank_state(host), copy=background)
+        host.client.checkpoint_begin(step)
+        meta = {
+            "format": f"{sharded_mod.FORMAT_NAME}/{sharded_mod.FORMAT}",
+            "world_size": self._ranks.world_size,
+        }
+        save = sharded_mod.start_save(
+            self._ranks, host.store, step, meta=meta, shards=shards, own=own, background=background
+        )
+        return save.complete
+
+    @staticmethod
+    def _rank_state(host: Host) -> dict[str, Any]:
+        """What a sharded save keeps per rank: everything but the model and DCP's optimizer."""
+        optimizer = dcp_optimizer(host.components)
+        state = {
+            name: obj.state_dict() for name, obj in host.components.items() if obj is not optimizer
+        }
+        state["rng"] = rng.capture()
+        return state
+
+    def resume_from(self, host: Host, source: Path | None) -> Path | None:
+        if host.client.supervised:
+            source = sharded_mod.agree_on_resume(self._ranks, source)
+            sharded_mod.remove_unfinished_saves(self._ranks, host.store.root)
+            return source
+        chosen = self._ranks.from_rank0(None if source is None else str(source))
+        return None if chosen is None else Path(chosen)
+
+    def close(self) -> None:
+        self._ranks.close()
