@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from stalwart.channels.advice_file import Advice, write_advice
 from stalwart.channels.notify_socket import NotifySocket, parse
-from stalwart.client import Client
+from stalwart.client import DEFAULT_INTERVAL_S, Client
 
 
 def test_parse_known_unknown_and_malformed() -> None:
@@ -79,14 +81,42 @@ def test_datagrams_from_other_users_are_ignored(runtime_dir: Path) -> None:
         server.close()
 
 
-def test_standalone_client_is_a_no_op() -> None:
-    with Client({}) as client:
+CLOCK_OFFSETS = st.floats(min_value=0.0, max_value=1e12, allow_nan=False, allow_infinity=False)
+"""Where an injected clock starts: any value the monotonic clock could have."""
+
+
+@given(start_s=CLOCK_OFFSETS)
+@example(start_s=1000.7)  # (1000.7 + 1800) - 1000.7 < 1800: the old check said "not yet"
+def test_standalone_client_is_a_no_op(start_s: float) -> None:
+    now = [start_s]
+    with Client({}, clock=lambda: now[0]) as client:
         assert not client.supervised
         client.step(1)
         client.ready()
-        assert not client.should_checkpoint(1, now_s=client._last_save_s + 10)
-        assert client.should_checkpoint(1, now_s=client._last_save_s + 1800)
+        assert not client.should_checkpoint(1, now_s=start_s + 10)
+        assert client.should_checkpoint(1, now_s=start_s + DEFAULT_INTERVAL_S)
         assert not client.should_exit()
+
+
+@given(start_s=CLOCK_OFFSETS, interval_s=st.floats(min_value=1e-3, max_value=1e6))
+@example(start_s=1000.7, interval_s=1800.0)
+def test_a_save_is_due_exactly_one_interval_after_the_last(
+    start_s: float, interval_s: float
+) -> None:
+    """The due time is last save + interval to the last bit, whatever the clock reads."""
+    now = [start_s]
+    with tempfile.TemporaryDirectory() as tmp:
+        advice_path = Path(tmp) / "advice.json"
+        write_advice(advice_path, Advice(interval_s=interval_s))
+        client = Client({"STALWART_ADVICE_FILE": str(advice_path)}, clock=lambda: now[0])
+        due_s = start_s + interval_s
+        assert not client.should_checkpoint(1, now_s=math.nextafter(due_s, -math.inf))
+        assert client.should_checkpoint(1, now_s=due_s)
+        now[0] = due_s
+        assert client.should_checkpoint(1)
+        client.saved(1)
+        assert not client.should_checkpoint(2)
+        client.close()
 
 
 def test_advice_interval_checkpoint_now_and_drain(tmp_path: Path) -> None:
@@ -114,7 +144,7 @@ def test_advice_interval_checkpoint_now_and_drain(tmp_path: Path) -> None:
 def test_advice_parsed_only_when_changed(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     advice_path = tmp_path / "advice.json"
     write_advice(advice_path, Advice(interval_s=5.0))
-    client = Client({"STALWART_ADVICE_FILE": str(advice_path)})
+    client = Client({"STALWART_ADVICE_FILE": str(advice_path)}, clock=lambda: 0.0)
     opened: list[str] = []
     real_open = open
 

@@ -113,7 +113,7 @@ class Client:
         if self._sock is None:
             return
         now = self._clock()
-        if now - self._last_heartbeat_s < self._heartbeat_interval_s:
+        if now < self._last_heartbeat_s + self._heartbeat_interval_s:
             return
         self._last_heartbeat_s = now
         self._send({"STEP": int(step)}, 0.0)
@@ -190,7 +190,10 @@ class Client:
             return True
         if self._advice["drain"] and not self._saved_since_drain:
             return True
-        return now - self._last_save_s >= float(self._advice["interval_s"])
+        # Against the due time, not `now - last >= interval`: in floating point
+        # (last + interval) - last can fall short of interval, so a caller passing
+        # now_s = last save + interval would be told "not yet" for some clock values.
+        return now >= self._last_save_s + float(self._advice["interval_s"])
 
     def saved(
         self,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from stalwart import paths
 from stalwart.checkpoint import FormatStatus, QuarantineReason, WriteKind, WriteObserved
+from stalwart.host.scheduler import Pool
 from stalwart.host.trainer_process import Trainer
 from stalwart.policy.restart import (
     Action,
@@ -122,7 +123,9 @@ class CheckpointMixin(SupervisorState):
         journal_path = self.state_dir / paths.JOURNAL_NAME
         # A checkpoint still being uploaded is pinned: pruning it would fail its upload.
         busy = self._mirror.busy_names() if self._mirror is not None else frozenset()
-        self._scheduler.submit("retention", lambda: keeper.retain(journal_path, size_bytes, busy))
+        self._scheduler.submit(
+            "retention", lambda: keeper.retain(journal_path, size_bytes, busy), pool=Pool.HEAVY
+        )
 
     def _on_observed_write(self, event: WriteObserved) -> None:
         """A checkpoint write seen by the directory watcher (foreign, or ours unreported)."""
@@ -159,7 +162,7 @@ class CheckpointMixin(SupervisorState):
         if foreign and valid and self.config.checkpoint.adopt_foreign and self.role.primary:
             run_id, number = self.run_record.run_id if self.run_record else "", attempt.number
             self._scheduler.submit(
-                f"adopt:{event.name}", lambda: keeper.adopt(event, run_id, number)
+                f"adopt:{event.name}", lambda: keeper.adopt(event, run_id, number), pool=Pool.HEAVY
             )
         self._after_save(event.size_bytes)
         if not foreign:
