@@ -153,6 +153,7 @@ class Supervisor(
             self.attempt = None
         if self.keeper is not None:
             self.keeper.stop_observer()
+        self._close_resume_thread()
         self._scheduler.shutdown()
         self._close_remote()
         self._sampler.close()
@@ -171,6 +172,10 @@ class Supervisor(
         if self._sentinel is not None:
             self._sentinel.close()
         process.set_child_subreaper(False)
+        try:
+            self._flush_deferred()
+        except Exception:
+            logger.exception("%s: could not record the last attempt's end", self.config.name)
         if self.journal is not None:
             self.journal.close()
         if self._lock is not None:
@@ -208,6 +213,7 @@ class Supervisor(
         self._handle_signals()
         self._reap()
         self._handle_deadlines()
+        self._flush_deferred()
 
     def _guarded(self, step: Callable[[], None]) -> None:
         """Run one step of the loop; a bug in it follows the internal-error policy."""

@@ -20,15 +20,15 @@ from stalwart.preemption import (
 )
 from stalwart.remote import UploadResult
 from stalwart.supervisor.keeper import AdoptionDone, RetentionDone
+from stalwart.supervisor.spawning import LaunchMixin, ResumePrepared
 from stalwart.supervisor.state import (
     RECOMPUTE_INTERVAL,
-    SupervisorState,
     logger,
 )
 from stalwart.types import ExitKind, signal_name
 
 
-class DrainMixin(SupervisorState):
+class DrainMixin(LaunchMixin):
     """Posted events, stop signals and preemption notices: draining before a deadline."""
 
     def _start_watchers(self) -> None:
@@ -71,6 +71,8 @@ class DrainMixin(SupervisorState):
                 return
             if isinstance(event, PreemptionNotice):
                 self._on_preemption(event)
+            elif isinstance(event, ResumePrepared):
+                self._on_resume_prepared(event)
             elif isinstance(event, WriteObserved):
                 self._on_observed_write(event)
             elif isinstance(event, UploadResult):

@@ -72,13 +72,14 @@ class EndingMixin(SupervisorState):
             rules=self.rules,
             non_retryable_exit_codes=frozenset(self.config.classify.non_retryable_exit_codes),
         )
-        assert self.journal is not None
-        assert self.run_record is not None
-        self.journal.set_attempt_progress(
-            self.run_record.run_id,
-            attempt.number,
-            last_step=attempt.hang.last_step,
-            peak_rss_bytes=attempt.peak_rss_bytes or None,
+        journal, run = self.journal, self.run_record
+        assert journal is not None
+        assert run is not None
+        last_step, peak_rss = attempt.hang.last_step, attempt.peak_rss_bytes or None
+        self._defer(
+            lambda: journal.set_attempt_progress(
+                run.run_id, attempt.number, last_step=last_step, peak_rss_bytes=peak_rss
+            )
         )
         self._ended_attempt, self._ended_status = attempt, status
         self.feed(
@@ -108,14 +109,17 @@ class EndingMixin(SupervisorState):
             self.advice.set_interval(
                 self.pacer.on_attempt_end(end.uptime_s, end.verdict.kind).interval_s
             )
-        self.journal.end_attempt(
-            self.run_record.run_id,
-            end.number,
-            now_unix=self.clock.wall(),
-            status=status,
-            verdict=end.verdict,
-            uptime_s=end.uptime_s,
-            decision=f"{end.decision.action.value}: {end.decision.reason}",
+        journal, run_id, now_unix = self.journal, self.run_record.run_id, self.clock.wall()
+        self._defer(
+            lambda: journal.end_attempt(
+                run_id,
+                end.number,
+                now_unix=now_unix,
+                status=status,
+                verdict=end.verdict,
+                uptime_s=end.uptime_s,
+                decision=f"{end.decision.action.value}: {end.decision.reason}",
+            )
         )
         logger.info(
             "%s: attempt %d ended after %.1f s: %s -> %s (%s)",
@@ -137,6 +141,7 @@ class EndingMixin(SupervisorState):
     def _finish(self, finish: ev.Finish) -> None:
         assert self.journal is not None
         assert self.run_record is not None
+        self._flush_deferred()
         self.exit_code = finish.code
         self.final_message = finish.message
         if finish.completed:

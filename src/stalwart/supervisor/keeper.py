@@ -102,24 +102,29 @@ class CheckpointKeeper:
         from again by this supervisor."""
 
     def prepare_resume(
-        self, *, remove_staging: bool = True, remove_deleting: bool = True
+        self,
+        *,
+        remove_staging: bool = True,
+        remove_deleting: bool = True,
+        journal: Journal | None = None,
     ) -> ResumeDecision:
         """The newest intact checkpoint; newer broken ones are quarantined and journaled.
 
         On a directory shared by several nodes, another node's save or prune may be in
         progress: `remove_staging` / `remove_deleting` False leave those leftovers alone.
         """
+        journal = journal or self._journal  # a thread of its own passes its own connection
         with self.lock:
             # Framework aliases first (Lightning's last.ckpt, torn HF checkpoint-N/):
             # a framework resumes from them by name, not from STALWART_RESUME_FROM.
             repairs = repair_for_resume(
                 self.root,
                 self.config.foreign_globs,
-                cache=JournalVerifyCache(self._journal, self.root),
+                cache=JournalVerifyCache(journal, self.root),
             )
             decision = prepare_resume(
                 self.root,
-                cache=JournalVerifyCache(self._journal, self.root),
+                cache=JournalVerifyCache(journal, self.root),
                 foreign_globs=self.config.foreign_globs,
                 ops=self._ops,
                 remove_staging=remove_staging,
@@ -131,7 +136,7 @@ class CheckpointKeeper:
         for repair in repairs:
             logger.warning("%s", repair.describe())
             if repair.quarantined is not None:
-                self._record(repair.quarantined)
+                self._record(repair.quarantined, journal=journal)
         for moved in decision.quarantined:
             logger.warning(
                 "quarantined checkpoint %s (%s: %s) -> %s",
@@ -140,11 +145,13 @@ class CheckpointKeeper:
                 moved.detail,
                 moved.destination,
             )
-            self._record(moved)
+            self._record(moved, journal=journal)
         return decision
 
-    def _record(self, moved: Quarantined, *, destination: str | None = None) -> None:
-        self._journal.add_quarantine(
+    def _record(
+        self, moved: Quarantined, *, destination: str | None = None, journal: Journal | None = None
+    ) -> None:
+        (journal or self._journal).add_quarantine(
             QuarantineRecord(
                 run_id=self._run_id,
                 name=moved.name,

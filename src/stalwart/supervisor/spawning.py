@@ -10,14 +10,31 @@ import importlib.util
 import os
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+from stalwart import paths
 from stalwart.errors import UsageError
 from stalwart.host import process
 from stalwart.host.trainer_process import Trainer
+from stalwart.journal import Journal
 from stalwart.policy import events as ev
 from stalwart.policy.launcher import launch_argv, runs_as_script
 from stalwart.supervisor.state import CLEARED_ENV, SupervisorState, logger
+
+FIRST_TREE_SAMPLE_S = 0.5
+"""After a spawn, when the trainer's process tree is first sampled."""
+RESUME_STATUS_EVERY_S = 1.0
+RESUME_EXTEND_S = 30.0
+"""While verifying the resume checkpoint: systemd hears every second that we need 30 s more."""
+
+
+@dataclass(frozen=True)
+class ResumePrepared:
+    """Posted by the resume thread: the resume point (STALWART_RESUME_FROM), or an error."""
+
+    env_value: str | None
+    error: str | None
 
 
 class LaunchMixin(SupervisorState):
@@ -99,19 +116,58 @@ class LaunchMixin(SupervisorState):
         return env
 
     def _prepare_resume(self) -> ev.Event | None:
-        """The newest checkpoint that verifies intact (newer broken ones are quarantined).
+        """Choose the newest checkpoint that verifies intact, in a thread of its own.
 
-        On a directory shared by nodes, an unfinished save may be another node's, still
-        running: the trainer's rank 0 removes those once every rank is resuming. Only the
-        primary prunes, so only it removes a prune's leftovers.
+        Verifying hashes the whole checkpoint (seconds per GB); meanwhile the loop keeps
+        answering signals, control requests and systemd's watchdog. The result comes back
+        as `ResumePrepared`. Newer broken checkpoints are quarantined on the way. On a
+        directory shared by nodes, an unfinished save may be another node's, still
+        running: the trainer's rank 0 removes those once every rank is resuming; only the
+        primary removes a prune's leftovers.
         """
-        assert self.keeper is not None
-        single = self.role.nnodes == 1
-        decision = self.keeper.prepare_resume(
-            remove_staging=single, remove_deleting=self.role.primary
-        )
-        self._resume = decision.env_value
-        return ev.ResumeReady(self.clock.monotonic())
+        keeper = self.keeper
+        assert keeper is not None
+        journal_path = self.state_dir / paths.JOURNAL_NAME
+        single, primary = self.role.nnodes == 1, self.role.primary
+        now_s = self.clock.monotonic()
+        self._resume_pending_since_s = now_s
+        self._status_at_s = now_s + RESUME_STATUS_EVERY_S
+
+        def prepare() -> None:
+            try:
+                if self._resume_journal is None:  # this thread's own SQLite connection
+                    self._resume_journal = Journal(journal_path)
+                    self._resume_journal.survive_failures()
+                decision = keeper.prepare_resume(
+                    remove_staging=single, remove_deleting=primary, journal=self._resume_journal
+                )
+            except Exception as exc:
+                logger.exception(
+                    "%s: choosing the checkpoint to resume from failed", self.config.name
+                )
+                self.post(ResumePrepared(None, f"{type(exc).__name__}: {exc}"))
+            else:
+                self.post(ResumePrepared(decision.env_value, None))
+
+        self._resume_pool.submit(prepare)
+        return None
+
+    def _on_resume_prepared(self, prepared: ResumePrepared) -> None:
+        self._resume_pending_since_s = None
+        now_s = self.clock.monotonic()
+        if prepared.error is not None or prepared.env_value is None:
+            self.feed(ev.InternalError(f"resume: {prepared.error}", now_s))
+            return
+        self._resume = prepared.env_value
+        self.feed(ev.ResumeReady(now_s))
+
+    def _close_resume_thread(self) -> None:
+        def close() -> None:
+            if self._resume_journal is not None:
+                self._resume_journal.close()
+                self._resume_journal = None
+
+        self._resume_pool.close(then=close)
 
     def _spawn(self) -> ev.Event:
         """Start the next attempt from the prepared resume point: `Launched` or `LaunchFailed`."""
@@ -158,9 +214,20 @@ class LaunchMixin(SupervisorState):
             self._systemd.ready(self._status_line())
         else:
             self._systemd.status(self._status_line())
-        self._sample_at_s = self.clock.monotonic()  # a baseline sample now (OOM evidence)
+        # The OOM evidence needs a baseline of the cgroup's counters now; the first sample of
+        # the process tree (a walk of /proc) waits a little, so the loop can pump the new
+        # trainer's first output instead.
+        attempt.record_sample(self._sampler.sample(None))
+        self._sample_at_s = self.clock.monotonic() + FIRST_TREE_SAMPLE_S
         return ev.Launched(number, attempt.pid, attempt.started_s)
 
     def _resume_progress(self, now_s: float) -> None:
         """While the resume is prepared off the loop: STATUS and EXTEND_TIMEOUT to systemd."""
-        return
+        since = self._resume_pending_since_s
+        if since is None or now_s < self._status_at_s:
+            return
+        self._status_at_s = now_s + RESUME_STATUS_EVERY_S
+        self._systemd.status(
+            f"verifying the checkpoint to resume from ({now_s - since:.0f} s so far)"
+        )
+        self._systemd.extend_timeout(RESUME_EXTEND_S)

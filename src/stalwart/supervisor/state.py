@@ -17,7 +17,7 @@ import signal
 import socket
 import sys
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import BinaryIO
 
 from stalwart import paths
@@ -32,6 +32,7 @@ from stalwart.host import process
 from stalwart.host.resources import ResourceSampler
 from stalwart.host.scheduler import Scheduler
 from stalwart.host.trainer_process import Trainer
+from stalwart.host.worker import Worker
 from stalwart.journal import Journal, RunRecord
 from stalwart.policy.bookkeeping import CoreSettings
 from stalwart.policy.classify import compile_rules
@@ -100,6 +101,12 @@ class SupervisorState:
         self._status_at_s = 0.0
         self._internal_errors = 0
         self._halted = False
+        self._deferred: list[Callable[[], None]] = []
+        self._resume_pool = Worker("stalwart-resume")
+        """Where the resume checkpoint is chosen and verified, off the loop."""
+        self._resume_journal: Journal | None = None
+        """That thread's own journal connection (SQLite objects stay in their thread)."""
+        """Journal writes that a relaunch does not wait for: done at the end of the turn."""
         self._signals: deque[int] = deque()
         self._selector = selectors.DefaultSelector()
         self.advice = AdviceBoard(config.checkpoint.interval.fixed_interval_s)
@@ -166,6 +173,15 @@ class SupervisorState:
     @property
     def relaunch_at_s(self) -> float | None:
         return self.core.deadlines.get(Due.RELAUNCH)
+
+    def _defer(self, write: Callable[[], None]) -> None:
+        """Record something after this turn's spawn, not before it (the journal's fsyncs)."""
+        self._deferred.append(write)
+
+    def _flush_deferred(self) -> None:
+        writes, self._deferred = self._deferred, []
+        for write in writes:
+            write()
 
     # Implemented by the mixins and the loop (declared for the other mixins).
 
