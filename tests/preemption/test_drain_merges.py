@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -67,10 +68,34 @@ def _start(
         argv,
         cwd=tmp_path,
         env=environment(runtime_dir),
-        stdout=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+class Stderr:
+    """The supervisor's stderr, read as it comes (the test waits on its log lines)."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self._proc = proc
+        self._thread = threading.Thread(target=self._read, args=(proc,))
+        self._thread.start()
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            self.lines.append(line)
+
+    def has(self, needle: str) -> bool:
+        return any(needle in line for line in list(self.lines))
+
+    def text(self) -> str:
+        self._thread.join(timeout=30)
+        if self._proc.stderr is not None and not self._thread.is_alive():
+            self._proc.stderr.close()
+        return "".join(self.lines)
 
 
 def _events(tmp_path: Path) -> list[str]:
@@ -84,14 +109,14 @@ def _has(tmp_path: Path, event: str) -> bool:
     return event in _events(tmp_path)
 
 
-def _finish(supervisor: subprocess.Popen[str]) -> str:
+def _finish(supervisor: subprocess.Popen[str], stderr: Stderr) -> str:
     try:
-        _, err = supervisor.communicate(timeout=40)
+        supervisor.wait(timeout=40)
     finally:
         if supervisor.poll() is None:
             supervisor.kill()
-            supervisor.communicate(timeout=5)
-    return err
+            supervisor.wait(timeout=5)
+    return stderr.text()
 
 
 def _journal_attempts(tmp_path: Path) -> list[tuple[str | None, float | None]]:
@@ -105,9 +130,14 @@ def test_a_stop_during_a_preemption_drain_lets_the_emergency_save_finish(
 ) -> None:
     metadata.route("GET", PREEMPTED_PATH, Reply(200, "FALSE"))
     metadata.route("GET", MAINTENANCE_PATH, Reply(200, "NONE"))
-    supervisor = _start(tmp_path, runtime_dir, metadata.base_url, "--save-s", "2")
+    hold = tmp_path / "go"
+    supervisor = _start(
+        tmp_path, runtime_dir, metadata.base_url, "--save-s", "0.2", "--hold", str(hold)
+    )
+    stderr = Stderr(supervisor)
     try:
         wait_for(lambda: _has(tmp_path, "ready"), 20, "the trainer to run")
+        wait_for(lambda: stderr.has("attempt 0 started"), 20, "the attempt to start")
         time.sleep(0.3)  # a few heartbeats: the trainer drains itself from the advice
         metadata.route("GET", PREEMPTED_PATH, Reply(200, "TRUE"))
         wait_for(lambda: _has(tmp_path, "save_begin"), 20, "the emergency save to begin")
@@ -116,13 +146,16 @@ def test_a_stop_during_a_preemption_drain_lets_the_emergency_save_finish(
                 stalwart_argv("stop", "--state-dir", str(tmp_path / "state")),
                 env=environment(runtime_dir),
                 capture_output=True,
-                timeout=20,
+                timeout=30,
                 check=True,
             )
         else:
             supervisor.send_signal(getattr(signal, stop))
+        wait_for(lambda: stderr.has("the drain goes on"), 20, "the stop to join the drain")
+        hold.touch()  # the save may end now
     finally:
-        err = _finish(supervisor)
+        hold.touch()
+        err = _finish(supervisor, stderr)
     assert supervisor.returncode == 75, err
     assert "IllegalTransition" not in err and "Traceback" not in err, err
     assert _events(tmp_path)[-1] == "save_end", err
@@ -136,15 +169,22 @@ def test_a_notice_during_a_stop_upgrades_it_to_a_preemption(
 ) -> None:
     metadata.route("GET", PREEMPTED_PATH, Reply(200, "FALSE"))
     metadata.route("GET", MAINTENANCE_PATH, Reply(200, "NONE"))
-    supervisor = _start(tmp_path, runtime_dir, metadata.base_url, "--save-s", "2")
+    hold = tmp_path / "go"
+    supervisor = _start(
+        tmp_path, runtime_dir, metadata.base_url, "--save-s", "0.2", "--hold", str(hold)
+    )
+    stderr = Stderr(supervisor)
     try:
         wait_for(lambda: _has(tmp_path, "ready"), 20, "the trainer to run")
+        wait_for(lambda: stderr.has("attempt 0 started"), 20, "the attempt to start")
         supervisor.send_signal(signal.SIGINT)
         wait_for(lambda: _has(tmp_path, "save_begin"), 20, "the save to begin")
         metadata.route("GET", PREEMPTED_PATH, Reply(200, "TRUE"))
-        wait_for(lambda: len(metadata.seen("GET", PREEMPTED_PATH)) >= 3, 20, "polls after it")
+        wait_for(lambda: stderr.has("gcp terminate notice"), 20, "the notice to be seen")
+        hold.touch()
     finally:
-        err = _finish(supervisor)
+        hold.touch()
+        err = _finish(supervisor, stderr)
     assert supervisor.returncode == 75, err
     assert "Traceback" not in err, err
     assert _events(tmp_path).count("signal") == 1  # the stop signal went once
@@ -190,15 +230,18 @@ def test_a_trainer_that_cannot_be_reaped_during_a_drain_ends_in_75(
         str(pidfile),
         extra=("--set", "stop.kill_wait_s=1", "--set", "preemption.gcp_notice_s=2"),
     )
+    stderr = Stderr(supervisor)
     tracer = None
     try:
         wait_for(pidfile.exists, 20, "the trainer to run")
         tracer = _hold_as_tracer(int(pidfile.read_text()), 30.0)
         metadata.route("GET", PREEMPTED_PATH, Reply(200, "TRUE"))
-        err = _finish(supervisor)
+        err = _finish(supervisor, stderr)
     finally:
         if supervisor.poll() is None:
             supervisor.kill()
+            supervisor.wait(timeout=5)
+        stderr.text()
         if tracer is not None:
             tracer.kill()
             tracer.communicate(timeout=5)

@@ -26,6 +26,9 @@ def main() -> int:
     parser.add_argument("--silent", action="store_true", help="no heartbeats")
     parser.add_argument("--ignore-term", action="store_true")
     parser.add_argument("--pidfile")
+    parser.add_argument(
+        "--hold", help="during the save, wait until this file exists (at most 60 s)"
+    )
     args = parser.parse_args()
     log = Path(args.log)
     stopped: list[int] = []
@@ -41,7 +44,9 @@ def main() -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, on_stop)
     if args.pidfile:
-        Path(args.pidfile).write_text(str(os.getpid()))
+        tmp = Path(f"{args.pidfile}.tmp")
+        tmp.write_text(str(os.getpid()))
+        os.replace(tmp, args.pidfile)  # whole, or not there
     client = Client() if not args.silent else None
     note("ready")
     step = 0
@@ -55,6 +60,9 @@ def main() -> int:
             break
     note("save_begin", step=step)
     time.sleep(args.save_s)  # signals during the save are recorded, not obeyed
+    held_until = time.monotonic() + 60
+    while args.hold and not os.path.exists(args.hold) and time.monotonic() < held_until:
+        time.sleep(0.01)
     ckpt = Path(os.environ["STALWART_CKPT_DIR"]) / f"emergency-{step}.json"
     ckpt.write_text(json.dumps({"step": step}))
     note("save_end", step=step)

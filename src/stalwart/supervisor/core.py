@@ -144,42 +144,47 @@ class Supervisor(
             pass
 
     def _teardown(self, previous: dict[int, Callable[..., object] | int | None]) -> None:
+        """Every cleanup runs, whatever an earlier one raised (each failure is logged)."""
+        steps: list[Callable[[], object]] = [self._leave_no_trainer]
+        if self.keeper is not None:
+            steps.append(self.keeper.stop_observer)
+        steps += [self._close_resume_thread, self._scheduler.shutdown, self._close_remote]
+        steps += [self._sampler.close, self._systemd.close]
+        if self._control is not None:
+            steps.append(self._control.close)
+        steps += [lambda: self._restore_signals(previous)]
+        if self._notify is not None:
+            steps.append(self._notify.close)
+        steps.append(self._selector.close)
+        if self._sentinel is not None:
+            steps.append(self._sentinel.close)
+        steps += [lambda: process.set_child_subreaper(False), self._flush_deferred]
+        if self.journal is not None:
+            steps.append(self.journal.close)
+        if self._lock is not None:
+            steps.append(self._lock.release)
+        for step in steps:
+            try:
+                step()
+            except Exception:
+                logger.exception("%s: a cleanup step failed; the others go on", self.config.name)
+
+    def _leave_no_trainer(self) -> None:
         if self.attempt is not None:
-            # Only reached on an internal error: never leave a trainer behind.
+            # Only reached when the loop itself failed: never leave a trainer behind.
             self.attempt.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.attempt.popen.wait(self.config.stop.kill_wait_s)
             self.attempt.finish_output()
             self.attempt = None
-        if self.keeper is not None:
-            self.keeper.stop_observer()
-        self._close_resume_thread()
-        self._scheduler.shutdown()
-        self._close_remote()
-        self._sampler.close()
-        if self._control is not None:
-            self._control.close()
-        self._systemd.close()
+
+    def _restore_signals(self, previous: dict[int, Callable[..., object] | int | None]) -> None:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         signal.set_wakeup_fd(-1)
         if self._wakeup is not None:
             for sock in self._wakeup:
                 sock.close()
-        if self._notify is not None:
-            self._notify.close()
-        self._selector.close()
-        if self._sentinel is not None:
-            self._sentinel.close()
-        process.set_child_subreaper(False)
-        try:
-            self._flush_deferred()
-        except Exception:
-            logger.exception("%s: could not record the last attempt's end", self.config.name)
-        if self.journal is not None:
-            self.journal.close()
-        if self._lock is not None:
-            self._lock.release()
 
     def run(self) -> int:
         """Supervise until done; the return value is the process exit code."""
