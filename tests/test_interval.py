@@ -148,12 +148,14 @@ def test_cost_falls_back_to_persist_without_stalls() -> None:
     assert estimate is not None and estimate.ckpt_s == 30.0
 
 
-def test_cost_rejects_negative_and_nan() -> None:
+def test_cost_rejects_negative_and_ignores_non_finite() -> None:
     costs = SaveCostEstimator()
     with pytest.raises(ValueError, match="stall_s"):
         costs.observe(stall_s=-1.0)
     with pytest.raises(ValueError, match="persist_s"):
-        costs.observe(persist_s=math.nan)
+        costs.observe(persist_s=-1.0)
+    costs.observe(stall_s=math.inf, persist_s=math.nan)
+    assert costs.estimate() is None
 
 
 # --- failure rate ---------------------------------------------------------------------

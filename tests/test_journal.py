@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from stalwart.errors import JournalUnusable
 from stalwart.journal import INTERRUPTED_REASON, Journal, RunStatus
 from stalwart.types import Classification, ExitKind, ExitStatus
 
@@ -53,5 +54,5 @@ def test_wal_mode_and_newer_schema_refused(tmp_path: Path) -> None:
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     db.execute("PRAGMA user_version=999")
     db.close()
-    with pytest.raises(RuntimeError, match="newer than this stalwart"):
+    with pytest.raises(JournalUnusable, match="newer than this stalwart"):
         Journal(path)

@@ -23,6 +23,7 @@ import contextlib
 import faulthandler
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -36,6 +37,20 @@ logger = logging.getLogger(__name__)
 DEFAULT_INTERVAL_S = 1800.0
 REPORT_WAIT_S = 0.5
 """How long a report (not a heartbeat) may wait for room in the supervisor's queue."""
+
+
+MAX_INT = 2**63 - 1
+"""The largest integer the supervisor accepts (its journal's 64-bit INTEGER)."""
+
+
+def _sendable(value: object) -> bool:
+    """Not a number the supervisor would reject: a float that is not finite, or an int
+    outside 0..MAX_INT."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return 0 <= value <= MAX_INT
+    return True
 
 
 class Client:
@@ -99,7 +114,11 @@ class Client:
         # (wait_s=0) are dropped instead. Nobody listening never stops training.
         if self._sock is None:
             return
-        payload = "\n".join(f"{key}={value}" for key, value in fields.items()).encode()
+        # The supervisor drops a line it cannot use (inf, nan, an int beyond 64 bits) as
+        # malformed; leave such a field out here, so the rest of the report still counts.
+        payload = "\n".join(
+            f"{key}={value}" for key, value in fields.items() if _sendable(value)
+        ).encode()
         payload += self._rank_line
         with contextlib.suppress(OSError):
             self._sock.settimeout(wait_s)
@@ -134,8 +153,10 @@ class Client:
         path: str | os.PathLike[str] | None = None,
     ) -> None:
         """Report a finished save: the time training was blocked, and until it was durable."""
-        fields: dict[str, object] = {"CKPT_STALL_S": f"{max(stall_s, 0.0):.6f}"}
-        if persist_s is not None:
+        fields: dict[str, object] = {}
+        if math.isfinite(stall_s):
+            fields["CKPT_STALL_S"] = f"{max(stall_s, 0.0):.6f}"
+        if persist_s is not None and math.isfinite(persist_s):
             fields["CKPT_PERSIST_S"] = f"{max(persist_s, 0.0):.6f}"
         if size_bytes is not None:
             fields["CKPT_BYTES"] = int(size_bytes)

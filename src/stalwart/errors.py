@@ -31,6 +31,12 @@ class AlreadyRunning(UsageError):
     """Another supervisor holds the lock on this job's state directory."""
 
 
+class JournalUnusable(UsageError):
+    """The journal cannot be used: written by a newer stalwart, not an SQLite database, or
+    not openable or writable at start. Names the file and what to do; nothing was started
+    (exit 2, so systemd's `RestartPreventExitStatus` does not loop on it)."""
+
+
 class CheckpointCorrupt(StalwartError):
     """A checkpoint failed verification; it is never resumed from."""
 

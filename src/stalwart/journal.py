@@ -1,215 +1,108 @@
 """The journal: an SQLite file (WAL) in the state directory, the job's memory across
 attempts, supervisor restarts and reboots.
 
-Schema changes are appended to MIGRATIONS, never edited: `PRAGMA user_version`
-says how many have been applied.
+The schema (migrations, row records) is in `journal_schema`; this module opens the file,
+migrates it, and reads and writes it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 import sqlite3
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stalwart.errors import JournalUnusable
+from stalwart.journal_schema import (
+    ATTEMPT_COLUMNS,
+    MIGRATIONS,
+    AttemptRecord,
+    CheckpointRecord,
+    IntervalRecord,
+    QuarantineRecord,
+    RunRecord,
+    RunStatus,
+    attempt_from_row,
+    run_from_row,
+)
 from stalwart.types import Classification, ExitKind, ExitStatus
 
 logger = logging.getLogger(__name__)
 
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE runs (
-        run_id TEXT PRIMARY KEY,
-        name TEXT NOT NULL,
-        command TEXT NOT NULL,
-        status TEXT NOT NULL,
-        started_unix REAL NOT NULL,
-        ended_unix REAL
-    );
-    CREATE TABLE attempts (
-        id INTEGER PRIMARY KEY,
-        run_id TEXT NOT NULL REFERENCES runs(run_id),
-        attempt INTEGER NOT NULL,
-        pid INTEGER,
-        started_unix REAL NOT NULL,
-        ended_unix REAL,
-        exit_code INTEGER,
-        signal INTEGER,
-        kind TEXT,
-        retryable INTEGER,
-        reason TEXT,
-        uptime_s REAL,
-        resume_from TEXT,
-        decision TEXT,
-        UNIQUE (run_id, attempt)
-    );
-    CREATE INDEX attempts_by_run ON attempts(run_id, attempt);
-    """,
-    """
-    ALTER TABLE attempts ADD COLUMN ready_s REAL;
-    ALTER TABLE attempts ADD COLUMN last_step INTEGER;
-    ALTER TABLE attempts ADD COLUMN peak_rss_bytes INTEGER;
-    CREATE TABLE checkpoints (
-        id INTEGER PRIMARY KEY,
-        run_id TEXT NOT NULL REFERENCES runs(run_id),
-        attempt INTEGER,
-        step INTEGER,
-        path TEXT,
-        size_bytes INTEGER,
-        stall_s REAL,
-        persist_s REAL,
-        reported_unix REAL NOT NULL,
-        source TEXT NOT NULL
-    );
-    CREATE TABLE interval_decisions (
-        id INTEGER PRIMARY KEY,
-        run_id TEXT NOT NULL REFERENCES runs(run_id),
-        decided_unix REAL NOT NULL,
-        interval_s REAL NOT NULL,
-        basis TEXT NOT NULL,
-        reason TEXT NOT NULL,
-        ckpt_s REAL,
-        persist_s REAL,
-        restart_s REAL,
-        mtbf_s REAL,
-        failures REAL,
-        optimum_s REAL,
-        waste_fraction REAL
-    );
-    """,
-    """
-    CREATE TABLE verify_cache (
-        root TEXT NOT NULL,
-        name TEXT NOT NULL,
-        mtime_ns INTEGER NOT NULL,
-        size_bytes INTEGER NOT NULL,
-        intact INTEGER NOT NULL,
-        PRIMARY KEY (root, name, mtime_ns, size_bytes)
-    );
-    CREATE TABLE quarantines (
-        id INTEGER PRIMARY KEY,
-        run_id TEXT NOT NULL,
-        name TEXT NOT NULL,
-        source TEXT NOT NULL,
-        destination TEXT NOT NULL,
-        reason TEXT NOT NULL,
-        detail TEXT NOT NULL,
-        at_unix REAL NOT NULL
-    );
-    """,
-)
+__all__ = [
+    "FAILURES",
+    "INTERRUPTED_REASON",
+    "MIGRATIONS",
+    "AttemptRecord",
+    "CheckpointRecord",
+    "IntervalRecord",
+    "Journal",
+    "QuarantineRecord",
+    "RunRecord",
+    "RunStatus",
+]
 
-ATTEMPT_COLUMNS = (
-    "a.run_id, a.attempt, a.pid, a.started_unix, a.ended_unix, a.exit_code, a.signal, a.kind, "
-    "a.retryable, a.reason, a.uptime_s, a.resume_from, a.decision, a.ready_s, a.last_step, "
-    "a.peak_rss_bytes"
-)
 INTERRUPTED_REASON = "supervisor stopped during this attempt (killed or machine restarted)"
-
-
-class RunStatus:
-    ACTIVE = "active"
-    COMPLETED = "completed"
-    GAVE_UP = "gave_up"
-    STOPPED = "stopped"
-
-
-@dataclass(frozen=True)
-class AttemptRecord:
-    run_id: str
-    attempt: int
-    pid: int | None
-    started_unix: float
-    ended_unix: float | None
-    exit_code: int | None
-    signal: int | None
-    kind: str | None
-    retryable: bool | None
-    reason: str | None
-    uptime_s: float | None
-    resume_from: str | None
-    decision: str | None
-    ready_s: float | None = None
-    """Seconds from launch to the first step heartbeat (restart cost R)."""
-    last_step: int | None = None
-    peak_rss_bytes: int | None = None
-
-
-@dataclass(frozen=True)
-class CheckpointRecord:
-    """A checkpoint the trainer reported (or the directory watcher observed)."""
-
-    run_id: str
-    attempt: int | None
-    step: int | None
-    path: str | None
-    size_bytes: int | None
-    stall_s: float | None
-    persist_s: float | None
-    reported_unix: float
-    source: str
-    """'trainer' (notify report) or 'observed' (checkpoint-directory watcher)."""
-
-
-@dataclass(frozen=True)
-class QuarantineRecord:
-    """A checkpoint moved to .quarantine/, and why."""
-
-    run_id: str
-    name: str
-    source: str
-    destination: str
-    reason: str
-    detail: str
-    at_unix: float
-
-
-@dataclass(frozen=True)
-class IntervalRecord:
-    """One change of the advised checkpoint interval, with what it was computed from."""
-
-    run_id: str
-    decided_unix: float
-    interval_s: float
-    basis: str
-    reason: str
-    ckpt_s: float | None
-    persist_s: float | None
-    restart_s: float | None
-    mtbf_s: float | None
-    """NULL when infinite (no failures seen and the prior forgotten)."""
-    failures: float | None
-    optimum_s: float | None
-    waste_fraction: float | None
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    run_id: str
-    name: str
-    command: list[str]
-    status: str
-    started_unix: float
-    ended_unix: float | None
+FAILURES = (sqlite3.Error, OSError, OverflowError)
+"""What a journal operation may fail with when the outside world fails (OverflowError: an
+int beyond SQLite's 64 bits)."""
 
 
 class Journal:
-    """One connection to the journal file. Every write is its own durable transaction."""
+    """One connection to the journal file. Every write is its own durable transaction.
+
+    Opening it is strict: a file it cannot use (a newer schema, not SQLite, not openable)
+    raises JournalUnusable (exit 2), as does any failure before `survive_failures()`.
+    After it (the supervisor calls it once set up) the outside world may fail without
+    stopping supervision: a failed write (disk full, read-only file) is logged with its
+    cause and what to do (once per cause), counted, and dropped; a failed read returns
+    what it can (nothing). `ok`, `error` and `failed_writes` say how it is going.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, timeout=5.0)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a record the supervisor acted on must survive a power cut.
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._migrate()
+        self._surviving = False
+        self.failed_writes = 0
+        self.failed_reads = 0
+        self.error: str | None = None
+        """The last failure, until a write succeeds again."""
+        self._logged_causes: set[str] = set()
+        """Failures already logged: a disk that stays full logs once, not once a write."""
+        self._recovery_to_log = False
+        self._next_attempts: dict[str, int] = {}
+        """Attempt numbers handed out, so a lost write never makes one be handed out twice."""
+        db: sqlite3.Connection | None = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(path, isolation_level=None, timeout=5.0)
+            db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a record the supervisor acted on must survive a power cut.
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA foreign_keys=ON")
+            self._db = db
+            self._migrate()
+        except (*FAILURES, JournalUnusable) as exc:
+            if db is not None:
+                db.close()
+            if isinstance(exc, JournalUnusable):
+                raise
+            raise JournalUnusable(self._open_problem(exc)) from None
+
+    def _open_problem(self, exc: BaseException) -> str:
+        if type(exc) is sqlite3.DatabaseError:  # not OperationalError: the content is wrong
+            return (
+                f"journal {self.path} is not a usable SQLite database ({exc}). It is the "
+                "job's history: move it aside (a new one is then created) or give another "
+                "--state-dir"
+            )
+        return (
+            f"cannot open journal {self.path}: {exc}. {_advice(exc)}, or give another --state-dir"
+        )
 
     def close(self) -> None:
         self._db.close()
@@ -223,9 +116,10 @@ class Journal:
     def _migrate(self) -> None:
         (version,) = self._db.execute("PRAGMA user_version").fetchone()
         if version > len(MIGRATIONS):
-            raise RuntimeError(
+            raise JournalUnusable(
                 f"journal {self.path} has schema version {version}, newer than this stalwart "
-                f"understands ({len(MIGRATIONS)}); upgrade stalwart or use another --state-dir"
+                f"understands ({len(MIGRATIONS)}): a newer stalwart wrote it, and it is left "
+                "as it is. Upgrade stalwart, or give another --state-dir"
             )
         for index in range(version, len(MIGRATIONS)):
             self._db.execute("BEGIN IMMEDIATE")
@@ -236,15 +130,79 @@ class Journal:
             self._db.execute(f"PRAGMA user_version={index + 1}")
             self._db.execute("COMMIT")
 
+    # failures of the outside world
+
+    def survive_failures(self) -> None:
+        """From now on a failed write or read is logged, counted and survived (see above)."""
+        self._surviving = True
+
+    @property
+    def ok(self) -> bool:
+        """No failure since the last write that succeeded."""
+        return self.error is None
+
+    def _write(self, sql: str, params: Sequence[object] = ()) -> int:
+        """One write (its own transaction); the rows it changed, 0 if it failed."""
+        try:
+            cursor = self._db.execute(sql, params)
+        except FAILURES as exc:
+            self._failed(exc, "write")
+            return 0
+        # An UPDATE that matched nothing (its row's INSERT was lost) wrote nothing: no proof.
+        if self.error is not None and cursor.rowcount != 0:
+            self.error = None
+            if self._recovery_to_log:
+                self._recovery_to_log = False
+                logger.warning(
+                    "journal %s is writable again (%d failed write(s) were not recorded)",
+                    self.path,
+                    self.failed_writes,
+                )
+        return cursor.rowcount
+
+    def _rows(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        """The rows of one query; none if it failed."""
+        try:
+            return self._db.execute(sql, params).fetchall()
+        except FAILURES as exc:
+            self._failed(exc, "read")
+            return []
+
+    def _failed(self, exc: BaseException, what: str) -> None:
+        if not self._surviving:
+            raise JournalUnusable(
+                f"cannot {what} journal {self.path}: {exc}. {_advice(exc)}, or give "
+                "another --state-dir"
+            ) from exc
+        if what == "write":
+            self.failed_writes += 1
+        else:
+            self.failed_reads += 1
+        self.error = f"{what} failed: {exc}"
+        if str(exc) not in self._logged_causes:
+            self._logged_causes.add(str(exc))
+            self._recovery_to_log = True
+            logger.error(
+                "journal %s: a %s failed (%s); supervision goes on, but what happens is not "
+                "recorded until it works again (`stalwart status` shows journal_ok false). "
+                "%s",
+                self.path,
+                what,
+                exc,
+                _advice(exc),
+            )
+        else:
+            logger.debug("journal %s: %s failed again: %s", self.path, what, exc)
+
     # runs
 
     def active_run(self, name: str) -> RunRecord | None:
-        row = self._db.execute(
+        rows = self._rows(
             "SELECT run_id, name, command, status, started_unix, ended_unix FROM runs "
             "WHERE name = ? AND status = ? ORDER BY started_unix DESC LIMIT 1",
             (name, RunStatus.ACTIVE),
-        ).fetchone()
-        return _run(row) if row else None
+        )
+        return run_from_row(rows[0]) if rows else None
 
     def start_run(self, name: str, command: Sequence[str], now_unix: float) -> RunRecord:
         """Reuse the job's active run (same id across attempts and reboots) or begin one."""
@@ -252,14 +210,14 @@ class Journal:
         if active is not None:
             return active
         run_id = uuid.uuid4().hex[:16]
-        self._db.execute(
+        self._write(
             "INSERT INTO runs (run_id, name, command, status, started_unix) VALUES (?, ?, ?, ?, ?)",
             (run_id, name, json.dumps(list(command)), RunStatus.ACTIVE, now_unix),
         )
         return RunRecord(run_id, name, list(command), RunStatus.ACTIVE, now_unix, None)
 
     def end_run(self, run_id: str, status: str, now_unix: float) -> None:
-        self._db.execute(
+        self._write(
             "UPDATE runs SET status = ?, ended_unix = ? WHERE run_id = ?",
             (status, now_unix, run_id),
         )
@@ -270,29 +228,29 @@ class Journal:
         if name is not None:
             query += " WHERE name = ?"
             params = (name,)
-        return [_run(row) for row in self._db.execute(query + " ORDER BY started_unix", params)]
+        return [run_from_row(row) for row in self._rows(query + " ORDER BY started_unix", params)]
 
     # attempts
 
     def next_attempt(self, run_id: str) -> int:
-        (highest,) = self._db.execute(
-            "SELECT MAX(attempt) FROM attempts WHERE run_id = ?", (run_id,)
-        ).fetchone()
-        return 0 if highest is None else int(highest) + 1
+        rows = self._rows("SELECT MAX(attempt) FROM attempts WHERE run_id = ?", (run_id,))
+        highest = rows[0][0] if rows else None
+        recorded = 0 if highest is None else int(highest) + 1
+        return max(recorded, self._next_attempts.get(run_id, 0))
 
     def close_interrupted(self, run_id: str, now_unix: float) -> int:
         """Attempts left open by a supervisor that died: record them as interrupted."""
-        cursor = self._db.execute(
+        return self._write(
             "UPDATE attempts SET ended_unix = ?, kind = ?, retryable = 1, reason = ? "
             "WHERE run_id = ? AND ended_unix IS NULL",
             (now_unix, ExitKind.UNKNOWN.value, INTERRUPTED_REASON, run_id),
         )
-        return cursor.rowcount
 
     def start_attempt(
         self, run_id: str, attempt: int, pid: int | None, now_unix: float, resume_from: str
     ) -> None:
-        self._db.execute(
+        self._next_attempts[run_id] = max(self._next_attempts.get(run_id, 0), attempt + 1)
+        self._write(
             "INSERT INTO attempts (run_id, attempt, pid, started_unix, resume_from) "
             "VALUES (?, ?, ?, ?, ?)",
             (run_id, attempt, pid, now_unix, resume_from),
@@ -309,7 +267,7 @@ class Journal:
         uptime_s: float,
         decision: str,
     ) -> None:
-        self._db.execute(
+        self._write(
             "UPDATE attempts SET ended_unix = ?, exit_code = ?, signal = ?, kind = ?, "
             "retryable = ?, reason = ?, uptime_s = ?, decision = ? "
             "WHERE run_id = ? AND attempt = ?",
@@ -337,7 +295,7 @@ class Journal:
         peak_rss_bytes: int | None = None,
     ) -> None:
         """Fill in what was learned during an attempt (NULLs are left as they were)."""
-        self._db.execute(
+        self._write(
             "UPDATE attempts SET ready_s = COALESCE(?, ready_s), "
             "last_step = COALESCE(?, last_step), peak_rss_bytes = COALESCE(?, peak_rss_bytes) "
             "WHERE run_id = ? AND attempt = ?",
@@ -345,7 +303,7 @@ class Journal:
         )
 
     def add_checkpoint(self, record: CheckpointRecord) -> None:
-        self._db.execute(
+        self._write(
             "INSERT INTO checkpoints (run_id, attempt, step, path, size_bytes, stall_s, "
             "persist_s, reported_unix, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
@@ -363,25 +321,25 @@ class Journal:
 
     def checkpoints(self, name: str, limit: int = 1000) -> list[CheckpointRecord]:
         """The job's reported checkpoints across its runs, oldest first (the newest `limit`)."""
-        rows = self._db.execute(
+        rows = self._rows(
             "SELECT c.run_id, c.attempt, c.step, c.path, c.size_bytes, c.stall_s, c.persist_s, "
             "c.reported_unix, c.source FROM checkpoints c JOIN runs r ON r.run_id = c.run_id "
             "WHERE r.name = ? ORDER BY c.id DESC LIMIT ?",
             (name, limit),
-        ).fetchall()
+        )
         return [CheckpointRecord(*row) for row in reversed(rows)]
 
     def job_attempts(self, name: str, limit: int = 10_000) -> list[AttemptRecord]:
         """The job's ended attempts across its runs, oldest first (the newest `limit`)."""
-        rows = self._db.execute(
+        rows = self._rows(
             f"SELECT {ATTEMPT_COLUMNS} FROM attempts a JOIN runs r ON r.run_id = a.run_id "
             "WHERE r.name = ? AND a.ended_unix IS NOT NULL ORDER BY a.started_unix DESC LIMIT ?",
             (name, limit),
-        ).fetchall()
-        return [_attempt(row) for row in reversed(rows)]
+        )
+        return [attempt_from_row(row) for row in reversed(rows)]
 
     def add_interval_decision(self, record: IntervalRecord) -> None:
-        self._db.execute(
+        self._write(
             "INSERT INTO interval_decisions (run_id, decided_unix, interval_s, basis, reason, "
             "ckpt_s, persist_s, restart_s, mtbf_s, failures, optimum_s, waste_fraction) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -389,7 +347,7 @@ class Journal:
         )
 
     def interval_decisions(self, name: str) -> list[IntervalRecord]:
-        rows = self._db.execute(
+        rows = self._rows(
             "SELECT d.run_id, d.decided_unix, d.interval_s, d.basis, d.reason, d.ckpt_s, "
             "d.persist_s, d.restart_s, d.mtbf_s, d.failures, d.optimum_s, d.waste_fraction "
             "FROM interval_decisions d JOIN runs r ON r.run_id = d.run_id WHERE r.name = ? "
@@ -399,24 +357,24 @@ class Journal:
         return [IntervalRecord(*row) for row in rows]
 
     def cached_verdict(self, root: str, name: str, mtime_ns: int, size_bytes: int) -> bool | None:
-        row = self._db.execute(
+        rows = self._rows(
             "SELECT intact FROM verify_cache WHERE root = ? AND name = ? AND mtime_ns = ? "
             "AND size_bytes = ?",
             (root, name, mtime_ns, size_bytes),
-        ).fetchone()
-        return None if row is None else bool(row[0])
+        )
+        return bool(rows[0][0]) if rows else None
 
     def cache_verdict(
         self, root: str, name: str, mtime_ns: int, size_bytes: int, intact: bool
     ) -> None:
-        self._db.execute(
+        self._write(
             "INSERT OR REPLACE INTO verify_cache (root, name, mtime_ns, size_bytes, intact) "
             "VALUES (?, ?, ?, ?, ?)",
             (root, name, mtime_ns, size_bytes, int(intact)),
         )
 
     def add_quarantine(self, record: QuarantineRecord) -> None:
-        self._db.execute(
+        self._write(
             "INSERT INTO quarantines (run_id, name, source, destination, reason, detail, at_unix) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             dataclasses.astuple(record),
@@ -428,11 +386,11 @@ class Journal:
         if run_id is not None:
             query += " WHERE run_id = ?"
             params = (run_id,)
-        return [QuarantineRecord(*row) for row in self._db.execute(query + " ORDER BY id", params)]
+        return [QuarantineRecord(*row) for row in self._rows(query + " ORDER BY id", params)]
 
     def kind_counts(self, run_id: str) -> dict[str, int]:
         """How many attempts of the run ended in each kind."""
-        rows = self._db.execute(
+        rows = self._rows(
             "SELECT kind, COUNT(*) FROM attempts WHERE run_id = ? AND kind IS NOT NULL "
             "GROUP BY kind ORDER BY kind",
             (run_id,),
@@ -445,30 +403,20 @@ class Journal:
         if run_id is not None:
             query += " WHERE a.run_id = ?"
             params = (run_id,)
-        rows = self._db.execute(query + " ORDER BY a.started_unix, a.attempt", params)
-        return [_attempt(row) for row in rows]
+        rows = self._rows(query + " ORDER BY a.started_unix, a.attempt", params)
+        return [attempt_from_row(row) for row in rows]
 
 
-def _attempt(row: tuple[Any, ...]) -> AttemptRecord:
-    return AttemptRecord(
-        run_id=row[0],
-        attempt=row[1],
-        pid=row[2],
-        started_unix=row[3],
-        ended_unix=row[4],
-        exit_code=row[5],
-        signal=row[6],
-        kind=row[7],
-        retryable=None if row[8] is None else bool(row[8]),
-        reason=row[9],
-        uptime_s=row[10],
-        resume_from=row[11],
-        decision=row[12],
-        ready_s=row[13],
-        last_step=row[14],
-        peak_rss_bytes=row[15],
-    )
-
-
-def _run(row: tuple[str, str, str, str, float, float | None]) -> RunRecord:
-    return RunRecord(row[0], row[1], json.loads(row[2]), row[3], row[4], row[5])
+def _advice(exc: BaseException) -> str:
+    """What to do about a failed journal operation, from SQLite's error name when it has one."""
+    name = getattr(exc, "sqlite_errorname", "")
+    if name == "SQLITE_FULL" or (isinstance(exc, OSError) and exc.errno == errno.ENOSPC):
+        return "The disk holding it is full: free space there"
+    if name.startswith("SQLITE_READONLY") or name == "SQLITE_CANTOPEN":
+        return (
+            "It (or its directory) is read-only or not accessible: check its permissions, "
+            "`lsattr`, and whether the file system is mounted read-only"
+        )
+    if isinstance(exc, OverflowError):
+        return "A value did not fit an SQLite INTEGER (64 bits); please report it"
+    return "Check the state directory's free space, permissions and file system"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import socket
 import struct
@@ -26,6 +27,8 @@ INT_KEYS = frozenset({"READY", "STEP", "CKPT_BEGIN", "CKPT_BYTES", "DONE", "RANK
 FLOAT_KEYS = frozenset({"CKPT_STALL_S", "CKPT_PERSIST_S"})
 TEXT_KEYS = frozenset({"STATUS", "CKPT_DONE"})
 KNOWN_KEYS = INT_KEYS | FLOAT_KEYS | TEXT_KEYS
+MAX_INT = 2**63 - 1
+"""Integers are steps, byte counts and ranks: 0..MAX_INT (what an SQLite INTEGER holds)."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class Message:
 
 
 def parse(datagram: bytes) -> Message:
+    """Integers outside 0..MAX_INT and floats that are negative or not finite are malformed."""
     fields: dict[str, int | float | str] = {}
     malformed = 0
     for raw in datagram.decode("utf-8", errors="replace").split("\n"):
@@ -53,10 +57,13 @@ def parse(datagram: bytes) -> Message:
             continue
         try:
             if key in INT_KEYS:
-                fields[key] = int(value)
+                integer = int(value)
+                if not 0 <= integer <= MAX_INT:
+                    raise ValueError(value)
+                fields[key] = integer
             elif key in FLOAT_KEYS:
                 number = float(value)
-                if not number >= 0:  # also rejects NaN
+                if not (math.isfinite(number) and number >= 0):
                     raise ValueError(value)
                 fields[key] = number
             else:

@@ -96,10 +96,10 @@ class CheckpointMixin(SupervisorState):
         )
         logger.error(
             "%s: checkpoint %s is poison: every attempt resuming from it failed; "
-            "quarantined as %s, rolling back to the previous intact checkpoint",
+            "quarantined %s, rolling back to the previous intact checkpoint",
             self.config.name,
             poison.rollback,
-            moved,
+            f"as {moved}" if moved is not None else "in memory only (it could not be moved)",
         )
         return dataclasses.replace(
             decision,

@@ -97,9 +97,9 @@ class CheckpointKeeper:
         self._observer: CheckpointObserver | None = None
         self._stuck_leftovers: tuple[Path, ...] = ()
         """Leftovers that could not be removed, already logged (not logged again)."""
-        self.excluded: set[str] = set()
+        self.excluded: frozenset[str] = frozenset()
         """Checkpoints quarantined in memory only (they could not be moved): never resumed
-        from again by this supervisor."""
+        from again by this supervisor. Replaced under `lock` (the resume thread reads it)."""
 
     def prepare_resume(
         self,
@@ -174,7 +174,8 @@ class CheckpointKeeper:
             with self.lock:
                 moved = quarantine(self.root, name, reason, detail=detail, ops=self._ops)
         except OSError as exc:
-            self.excluded.add(name)
+            with self.lock:
+                self.excluded = self.excluded | {name}
             logger.error(
                 "cannot move checkpoint %s into %s (%s); it stays in place and this "
                 "supervisor will not resume from it again. Move it there by hand (once the "

@@ -24,6 +24,11 @@ def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
+def _duration(value_s: float | None) -> float | None:
+    """A measured duration the model can use: finite and >= 0, else None (ignored)."""
+    return value_s if value_s is not None and math.isfinite(value_s) and value_s >= 0 else None
+
+
 class Pacer:
     def __init__(
         self, config: IntervalConfig, journal: Journal, name: str, run_id: str, clock: Clock
@@ -31,14 +36,19 @@ class Pacer:
         self._journal = journal
         self._run_id = run_id
         self._clock = clock
+        self._ignored_logged = False
         attempts = journal.job_attempts(name)
         decisions = journal.interval_decisions(name)
+        # History written before values were checked at the boundary may hold inf or < 0.
         self.model = IntervalModel.from_history(
             config,
-            saves=[SaveSample(c.stall_s, c.persist_s) for c in journal.checkpoints(name)],
-            restarts_s=[a.ready_s for a in attempts if a.ready_s is not None],
+            saves=[
+                SaveSample(_duration(c.stall_s), _duration(c.persist_s))
+                for c in journal.checkpoints(name)
+            ],
+            restarts_s=[r for a in attempts if (r := _duration(a.ready_s)) is not None],
             exposures=[
-                ExposureRecord(a.uptime_s or 0.0, (ExitKind(a.kind),) if a.kind else ())
+                ExposureRecord(_duration(a.uptime_s) or 0.0, (ExitKind(a.kind),) if a.kind else ())
                 for a in attempts
             ],
             previous_interval_s=decisions[-1].interval_s if decisions else None,
@@ -58,6 +68,19 @@ class Pacer:
     @property
     def interval_s(self) -> float:
         return self.decision.interval_s
+
+    def _usable(self, what: str, value_s: float | None) -> float | None:
+        """`value_s` if the model can learn from it; else None, logged the first time."""
+        usable = _duration(value_s)
+        if usable is None and value_s is not None and not self._ignored_logged:
+            self._ignored_logged = True
+            logger.warning(
+                "ignoring %s = %r for the checkpoint interval (not a finite duration >= 0; "
+                "a clock step or a broken report); such values are ignored from now on",
+                what,
+                value_s,
+            )
+        return usable
 
     def _record(self, decision: IntervalDecision, *, force: bool = False) -> None:
         self.decision = decision
@@ -93,6 +116,8 @@ class Pacer:
         running_exposure_s: float,
     ) -> IntervalDecision:
         """A save was reported (trainer) or observed (directory watcher)."""
+        stall_s = self._usable("a save's stall time", stall_s)
+        persist_s = self._usable("a save's persist time", persist_s)
         self._journal.add_checkpoint(
             CheckpointRecord(
                 run_id=self._run_id,
@@ -112,19 +137,23 @@ class Pacer:
 
     def on_remote_persist(self, persist_s: float) -> IntervalDecision:
         """A save became durable in the remote copy: that too is persist time (the floor)."""
-        self.model.observe_save(stall_s=None, persist_s=persist_s)
+        usable = self._usable("a remote persist time", persist_s)
+        if usable is not None:
+            self.model.observe_save(stall_s=None, persist_s=usable)
         return self.recompute(0.0)
 
     def on_restart(self, ready_s: float) -> IntervalDecision:
         """Relaunch + restore time of an attempt (launch to its first step)."""
-        self.model.observe_restart(ready_s)
-        return self.recompute(ready_s)
+        usable = self._usable("a restart time", ready_s)
+        if usable is not None:
+            self.model.observe_restart(usable)
+        return self.recompute(usable or 0.0)
 
     def on_attempt_end(self, uptime_s: float, kind: ExitKind) -> IntervalDecision:
-        self.model.observe_run(uptime_s, (kind,))
+        self.model.observe_run(self._usable("an attempt's uptime", uptime_s) or 0.0, (kind,))
         return self.recompute(0.0)
 
     def recompute(self, running_exposure_s: float) -> IntervalDecision:
-        decision = self.model.decide(running_exposure_s)
+        decision = self.model.decide(self._usable("a running exposure", running_exposure_s) or 0.0)
         self._record(decision)
         return decision

@@ -32,6 +32,9 @@ def running_snapshot(supervisor: SupervisorState) -> dict[str, Any]:
         "failures": journal.kind_counts(run.run_id),
         "failures_in_window": supervisor.policy.failures_in_window,
         "next_launch_in_s": max(relaunch_at - now_s, 0.0) if relaunch_at is not None else None,
+        "journal_ok": journal.ok,
+        "journal_error": journal.error,
+        "journal_failed_writes": journal.failed_writes,
     }
     attempt = supervisor.attempt
     if attempt is not None:
