@@ -9,6 +9,7 @@ many sequences and steps were checked and how long it took.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
@@ -19,6 +20,8 @@ from hypothesis.stateful import run_state_machine_as_test
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.lifecycle_model import LifecycleModel
+
+logging.disable(logging.CRITICAL)  # the core logs every drain it runs: thousands of them
 
 
 def main() -> int:

@@ -98,6 +98,19 @@ class Stderr:
         return "".join(self.lines)
 
 
+def _start_holding(
+    tmp_path: Path, runtime_dir: Path, metadata: FakeMetadata
+) -> tuple[subprocess.Popen[str], Stderr, Path]:
+    """A supervisor over a trainer whose save lasts until the returned file exists."""
+    metadata.route("GET", PREEMPTED_PATH, Reply(200, "FALSE"))
+    metadata.route("GET", MAINTENANCE_PATH, Reply(200, "NONE"))
+    hold = tmp_path / "go"
+    supervisor = _start(
+        tmp_path, runtime_dir, metadata.base_url, "--save-s", "0.2", "--hold", str(hold)
+    )
+    return supervisor, Stderr(supervisor), hold
+
+
 def _events(tmp_path: Path) -> list[str]:
     path = tmp_path / "log.jsonl"
     if not path.exists():
@@ -128,16 +141,10 @@ def _journal_attempts(tmp_path: Path) -> list[tuple[str | None, float | None]]:
 def test_a_stop_during_a_preemption_drain_lets_the_emergency_save_finish(
     tmp_path: Path, runtime_dir: Path, metadata: FakeMetadata, stop: str
 ) -> None:
-    metadata.route("GET", PREEMPTED_PATH, Reply(200, "FALSE"))
-    metadata.route("GET", MAINTENANCE_PATH, Reply(200, "NONE"))
-    hold = tmp_path / "go"
-    supervisor = _start(
-        tmp_path, runtime_dir, metadata.base_url, "--save-s", "0.2", "--hold", str(hold)
-    )
-    stderr = Stderr(supervisor)
+    supervisor, stderr, hold = _start_holding(tmp_path, runtime_dir, metadata)
     try:
-        wait_for(lambda: _has(tmp_path, "ready"), 20, "the trainer to run")
         wait_for(lambda: stderr.has("attempt 0 started"), 20, "the attempt to start")
+        wait_for(lambda: _has(tmp_path, "ready"), 20, "the trainer to run")
         time.sleep(0.3)  # a few heartbeats: the trainer drains itself from the advice
         metadata.route("GET", PREEMPTED_PATH, Reply(200, "TRUE"))
         wait_for(lambda: _has(tmp_path, "save_begin"), 20, "the emergency save to begin")
@@ -167,16 +174,10 @@ def test_a_stop_during_a_preemption_drain_lets_the_emergency_save_finish(
 def test_a_notice_during_a_stop_upgrades_it_to_a_preemption(
     tmp_path: Path, runtime_dir: Path, metadata: FakeMetadata
 ) -> None:
-    metadata.route("GET", PREEMPTED_PATH, Reply(200, "FALSE"))
-    metadata.route("GET", MAINTENANCE_PATH, Reply(200, "NONE"))
-    hold = tmp_path / "go"
-    supervisor = _start(
-        tmp_path, runtime_dir, metadata.base_url, "--save-s", "0.2", "--hold", str(hold)
-    )
-    stderr = Stderr(supervisor)
+    supervisor, stderr, hold = _start_holding(tmp_path, runtime_dir, metadata)
     try:
-        wait_for(lambda: _has(tmp_path, "ready"), 20, "the trainer to run")
         wait_for(lambda: stderr.has("attempt 0 started"), 20, "the attempt to start")
+        wait_for(lambda: _has(tmp_path, "ready"), 20, "the trainer to run")
         supervisor.send_signal(signal.SIGINT)
         wait_for(lambda: _has(tmp_path, "save_begin"), 20, "the save to begin")
         metadata.route("GET", PREEMPTED_PATH, Reply(200, "TRUE"))

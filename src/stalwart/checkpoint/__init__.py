@@ -4,8 +4,9 @@ formats and observation. See DESIGN.md "Checkpoint on disk" for the on-disk cont
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from stalwart import lazy
 
 # `quarantine` is both a submodule and a function: importing the submodule would bind the
 # package attribute to the module, so the function is bound here, eagerly (it is light).
@@ -283,10 +284,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy.exports(__name__, _EXPORTS, globals())

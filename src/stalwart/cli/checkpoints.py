@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from stalwart import paths
 from stalwart.checkpoint import (
@@ -33,6 +35,8 @@ from stalwart.remote import (
     pull,
     remote_rows,
 )
+
+T = TypeVar("T")
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -73,16 +77,24 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             )
 
 
+def _recorded(args: argparse.Namespace, read: Callable[[Path], T | None], missing: str) -> T:
+    """What the job's state dir records (`read`), or a UsageError: `missing`, formatted
+    with the job `name` and the `state` dir."""
+    state = paths.find_state_dir(args.name, args.state_dir, os.environ)
+    found = read(state)
+    if found is None:
+        raise UsageError(missing.format(name=repr(args.name), state=state))
+    return found
+
+
 def _root(args: argparse.Namespace) -> Path:
     if args.dir is not None:
         return Path(args.dir)
-    state = paths.find_state_dir(args.name, args.state_dir, os.environ)
-    recorded = paths.recorded_ckpt_dir(state)
-    if recorded is None:
-        raise UsageError(
-            f"no checkpoint directory recorded for job {args.name!r} in {state}; pass --dir"
-        )
-    return recorded
+    return _recorded(
+        args,
+        paths.recorded_ckpt_dir,
+        "no checkpoint directory recorded for job {name} in {state}; pass --dir",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -170,13 +182,11 @@ def _prune(args: argparse.Namespace, root: Path) -> int:
 def remote_url(args: argparse.Namespace) -> str:
     if args.remote_url:
         return str(args.remote_url)
-    state = paths.find_state_dir(args.name, args.state_dir, os.environ)
-    recorded = paths.recorded_remote_url(state)
-    if recorded is None:
-        raise UsageError(
-            f"job {args.name!r} has no remote copy recorded in {state}; pass --remote-url"
-        )
-    return recorded
+    return _recorded(
+        args,
+        paths.recorded_remote_url,
+        "job {name} has no remote copy recorded in {state}; pass --remote-url",
+    )
 
 
 def remote_list_cmd(args: argparse.Namespace) -> int:
