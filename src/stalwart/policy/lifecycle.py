@@ -88,7 +88,7 @@ class Lifecycle:
 
     def __post_init__(self) -> None:
         self.machine = StateMachine(self.settings.name)
-        self.deadlines = Deadlines()
+        self.deadlines: Deadlines[Due] = Deadlines()
         self.attempt: AttemptBook | None = None
         self.preparing = False
         """A launch is under way: the resume is being prepared, no process yet."""

@@ -36,8 +36,10 @@ from stalwart.supervisor.mirroring import RemoteMixin
 from stalwart.supervisor.pacing import Pacer
 from stalwart.supervisor.reports import NotifyMixin
 from stalwart.supervisor.state import (
+    LOOP_TICK_S,
     STOP_SIGNALS,
     SupervisorState,
+    Timer,
     logger,
 )
 from stalwart.types import ExitCode
@@ -275,24 +277,15 @@ class Supervisor(
         self._halted = True
 
     def _deadlines(self, now_s: float) -> list[float]:
-        deadlines = [self._reap_at_s]
-        if self._notify is not None and not self._notify_listening:
-            deadlines.append(self._notify_resume_at_s)
-        if self._systemd.watchdog_interval_s is not None:
-            deadlines.append(self._watchdog_at_s)
-        if self._resume_pending_since_s is not None:
-            deadlines.append(self._status_at_s)
-        core_next = self.core.next_deadline_s()
-        if core_next is not None:
-            deadlines.append(core_next)
+        """The shell's timers, the core's deadlines, and the hang detector's (it moves with
+        every heartbeat, so it is asked, not stored)."""
+        deadlines = [d for d in (self.timers.next_s(), self.core.next_deadline_s()) if d]
         attempt = self.attempt
-        if attempt is not None:
-            deadlines.append(self._sample_at_s)
-            if not attempt.hang_killed and self.core.drain is None:
-                hang_at = attempt.hang.deadline_s(now_s)
-                if hang_at is not None:
-                    deadlines.append(hang_at)
-        return deadlines
+        if attempt is not None and not attempt.hang_killed and self.core.drain is None:
+            hang_at = attempt.hang.deadline_s(now_s)
+            if hang_at is not None:
+                deadlines.append(hang_at)
+        return deadlines or [now_s + LOOP_TICK_S]
 
     def _wait_for_events(self) -> None:
         now = self.clock.monotonic()
@@ -314,25 +307,34 @@ class Supervisor(
 
     def _handle_deadlines(self) -> None:
         now = self.clock.monotonic()
-        self._resume_notify(now)
-        if self._systemd.watchdog_interval_s is not None and now >= self._watchdog_at_s:
+        for what in self.timers.pop_due(now):
+            self._on_timer(what, now)
+        attempt = self.attempt
+        watching = attempt is not None and not attempt.hang_killed and self.core.drain is None
+        if watching and attempt is not None and attempt.hang.is_hung(now):
+            self._read_notify()  # a heartbeat may be waiting in the batching pause
+            if attempt.hang.is_hung(now):
+                self._log_hang(attempt, now)
+                self.feed(ev.HangDetected(now))
+        self.feed(ev.Tick(now))
+
+    def _on_timer(self, what: Timer, now: float) -> None:
+        if what is Timer.REAP:
+            self.timers.set(Timer.REAP, now)  # `_reap` re-arms it when it runs
+        elif what is Timer.NOTIFY_RESUME:
+            self._resume_notify()
+        elif what is Timer.WATCHDOG and self._systemd.watchdog_interval_s is not None:
             # Pinged from the loop itself: if the loop wedges, systemd restarts us.
             self._systemd.watchdog()
-            self._watchdog_at_s = now + self._systemd.watchdog_interval_s
-        self._resume_progress(now)
-        attempt = self.attempt
-        if attempt is not None:
-            if now >= self._sample_at_s:
-                self._sample_at_s = now + self.config.monitor.sample_interval_s
-                attempt.record_sample(self._sampler.sample(attempt.pid))
-                self._watch_groups(attempt)
-                self._systemd.status(self._status_line())
-            if not attempt.hang_killed and self.core.drain is None and attempt.hang.is_hung(now):
-                self._read_notify()  # a heartbeat may be waiting in the batching pause
-                if attempt.hang.is_hung(now):
-                    self._log_hang(attempt, now)
-                    self.feed(ev.HangDetected(now))
-        self.feed(ev.Tick(now))
+            self.timers.set(Timer.WATCHDOG, now + self._systemd.watchdog_interval_s)
+        elif what is Timer.RESUME_STATUS:
+            self._resume_progress(now)
+        elif what is Timer.SAMPLE and self.attempt is not None:
+            attempt = self.attempt
+            self.timers.set(Timer.SAMPLE, now + self.config.monitor.sample_interval_s)
+            attempt.record_sample(self._sampler.sample(attempt.pid))
+            self._watch_groups(attempt)
+            self._systemd.status(self._status_line())
 
     def request_stop(self, why: str) -> None:
         """A stop request from `why` (a signal name, `stalwart stop`): the core decides."""

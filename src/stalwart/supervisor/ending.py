@@ -17,7 +17,7 @@ from stalwart.journal import RunStatus
 from stalwart.policy import events as ev
 from stalwart.policy.classify import ExitContext, classify
 from stalwart.policy.restart import Action
-from stalwart.supervisor.state import LOOP_TICK_S, SupervisorState, logger
+from stalwart.supervisor.state import LOOP_TICK_S, SupervisorState, Timer, logger
 from stalwart.types import ExitCode, ExitStatus
 
 
@@ -27,10 +27,11 @@ class EndingMixin(SupervisorState):
     def _reap(self) -> None:
         """Reap on SIGCHLD, and once a tick in case a signal was coalesced away."""
         now_s = self.clock.monotonic()
-        if not self._child_exited and now_s < self._reap_at_s:
+        tick = self.timers.get(Timer.REAP)
+        if not self._child_exited and tick is not None and now_s < tick:
             return
         self._child_exited = False
-        self._reap_at_s = now_s + LOOP_TICK_S
+        self.timers.set(Timer.REAP, now_s + LOOP_TICK_S)
         attempt = self.attempt
         known = {attempt.pid: attempt.popen} if attempt else {}
         exited = process.reap_exited(known)

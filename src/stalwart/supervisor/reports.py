@@ -8,6 +8,7 @@ from stalwart.host.trainer_process import Trainer
 from stalwart.policy import events as ev
 from stalwart.supervisor.state import (
     SupervisorState,
+    Timer,
 )
 
 
@@ -26,7 +27,7 @@ class NotifyMixin(SupervisorState):
         if batch_s > 0 and self._notify_listening:
             self._selector.unregister(self._notify.sock)
             self._notify_listening = False
-            self._notify_resume_at_s = self.clock.monotonic() + batch_s
+            self.timers.set(Timer.NOTIFY_RESUME, self.clock.monotonic() + batch_s)
         self._read_notify()
 
     def _read_notify(self) -> None:
@@ -42,8 +43,8 @@ class NotifyMixin(SupervisorState):
                 at_s = min(now_s, now_s - (now_unix - message.received_unix))
             self._on_message(attempt, message.fields, at_s)
 
-    def _resume_notify(self, now_s: float) -> None:
-        if self._notify is None or self._notify_listening or now_s < self._notify_resume_at_s:
+    def _resume_notify(self) -> None:
+        if self._notify is None or self._notify_listening:
             return
         self._selector.register(self._notify.sock, selectors.EVENT_READ, self._on_notify)
         self._notify_listening = True

@@ -20,7 +20,7 @@ from stalwart.host.trainer_process import Trainer
 from stalwart.journal import Journal
 from stalwart.policy import events as ev
 from stalwart.policy.launcher import launch_argv, runs_as_script
-from stalwart.supervisor.state import CLEARED_ENV, SupervisorState, logger
+from stalwart.supervisor.state import CLEARED_ENV, SupervisorState, Timer, logger
 
 FIRST_TREE_SAMPLE_S = 0.5
 """After a spawn, when the trainer's process tree is first sampled."""
@@ -131,7 +131,7 @@ class LaunchMixin(SupervisorState):
         single, primary = self.role.nnodes == 1, self.role.primary
         now_s = self.clock.monotonic()
         self._resume_pending_since_s = now_s
-        self._status_at_s = now_s + RESUME_STATUS_EVERY_S
+        self.timers.set(Timer.RESUME_STATUS, now_s + RESUME_STATUS_EVERY_S)
 
         def prepare() -> None:
             try:
@@ -154,6 +154,7 @@ class LaunchMixin(SupervisorState):
 
     def _on_resume_prepared(self, prepared: ResumePrepared) -> None:
         self._resume_pending_since_s = None
+        self.timers.clear(Timer.RESUME_STATUS)
         now_s = self.clock.monotonic()
         if prepared.error is not None or prepared.env_value is None:
             self.feed(ev.InternalError(f"resume: {prepared.error}", now_s))
@@ -218,15 +219,15 @@ class LaunchMixin(SupervisorState):
         # the process tree (a walk of /proc) waits a little, so the loop can pump the new
         # trainer's first output instead.
         attempt.record_sample(self._sampler.sample(None))
-        self._sample_at_s = self.clock.monotonic() + FIRST_TREE_SAMPLE_S
+        self.timers.set(Timer.SAMPLE, self.clock.monotonic() + FIRST_TREE_SAMPLE_S)
         return ev.Launched(number, attempt.pid, attempt.started_s)
 
     def _resume_progress(self, now_s: float) -> None:
         """While the resume is prepared off the loop: STATUS and EXTEND_TIMEOUT to systemd."""
         since = self._resume_pending_since_s
-        if since is None or now_s < self._status_at_s:
+        if since is None:
             return
-        self._status_at_s = now_s + RESUME_STATUS_EVERY_S
+        self.timers.set(Timer.RESUME_STATUS, now_s + RESUME_STATUS_EVERY_S)
         self._systemd.status(
             f"verifying the checkpoint to resume from ({now_s - since:.0f} s so far)"
         )

@@ -8,6 +8,7 @@ declared here.
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import queue
@@ -36,7 +37,7 @@ from stalwart.host.worker import Worker
 from stalwart.journal import Journal, RunRecord
 from stalwart.policy.bookkeeping import CoreSettings
 from stalwart.policy.classify import compile_rules
-from stalwart.policy.deadlines import Due
+from stalwart.policy.deadlines import Deadlines, Due
 from stalwart.policy.events import Event
 from stalwart.policy.launcher import NodeRole
 from stalwart.policy.lifecycle import Lifecycle
@@ -65,6 +66,20 @@ RECOMPUTE_INTERVAL = "recompute-interval"
 """Event posted by the scheduler: time to re-decide the checkpoint interval."""
 CLEARED_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 """systemd's variables are the supervisor's, not the trainer's."""
+
+
+class Timer(enum.Enum):
+    """The shell's own deadlines (the core keeps the lifecycle's), in one registry."""
+
+    REAP = "reap"
+    """Reap once a tick even without SIGCHLD (signals coalesce)."""
+    NOTIFY_RESUME = "notify resume"
+    """Listen to the notify socket again after a batching pause."""
+    WATCHDOG = "watchdog"
+    SAMPLE = "sample"
+    """Sample the trainer's process tree and resources."""
+    RESUME_STATUS = "resume status"
+    """While the resume checkpoint verifies: STATUS and EXTEND_TIMEOUT to systemd."""
 
 
 class SupervisorState:
@@ -98,7 +113,6 @@ class SupervisorState:
         self._resume = ""
         """The prepared resume point of the next attempt (STALWART_RESUME_FROM)."""
         self._resume_pending_since_s: float | None = None
-        self._status_at_s = 0.0
         self._internal_errors = 0
         self._halted = False
         self._deferred: list[Callable[[], None]] = []
@@ -147,13 +161,10 @@ class SupervisorState:
         self._notify: NotifySocket | None = None
         self._wakeup: tuple[socket.socket, socket.socket] | None = None
         self._sampler = ResourceSampler(self.ckpt_dir)
-        self._sample_at_s = 0.0
-        self._reap_at_s = 0.0
         self._child_exited = False
         self.dump_dir = self.state_dir / "dumps"
         self._control: ControlServer | None = None
         self._notify_listening = False
-        self._notify_resume_at_s = 0.0
         self._events: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._scheduler = Scheduler(self.post)
         self._watcher: Watcher | None = None
@@ -161,7 +172,10 @@ class SupervisorState:
         self._notices_seen: set[str] = set()
         self.journal_first_attempt = -1
         self._systemd = SystemdNotifier(self.environ)
-        self._watchdog_at_s = 0.0
+        self.timers: Deadlines[Timer] = Deadlines()
+        self.timers.set(Timer.REAP, 0.0)
+        if self._systemd.watchdog_interval_s is not None:
+            self.timers.set(Timer.WATCHDOG, 0.0)
         self._mirror: RemoteMirror | None = None
         self._emergency_upload: str | None = None
         """Name of the checkpoint uploaded urgently during a preemption drain."""
