@@ -2,7 +2,8 @@
 
 The fsyncs run in a helper thread while this one reads and hashes: fsync releases the GIL
 and the file is still in the page cache, so the digests cost almost nothing on top of the
-writes the checkpoint needs anyway.
+writes the checkpoint needs anyway. Files the hashing writer wrote (hashed.py) and nobody
+changed since are fsynced the same way but not read: their digests are the writer's.
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ from __future__ import annotations
 import os
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from stalwart.checkpoint.fsops import FsOps
+from stalwart.checkpoint.hashed import Written
 from stalwart.checkpoint.manifest import FileEntry, HashAlgo, path_problem
 from stalwart.checkpoint.verify import DEFAULT_CHUNK_BYTES, file_digest
 
@@ -67,10 +69,12 @@ def seal(
     exclude: frozenset[str] = frozenset(),
     include: Callable[[str], bool] | None = None,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    known: Mapping[str, Written] | None = None,
 ) -> Sealed:
     """fsync every file under `base` while computing its digest (two threads, one pass).
 
     `include` limits it to some of the files (one rank's shards of a sharded checkpoint).
+    `known`: files hashed while written; one still as its writer left it is not read.
     Raises ValueError for symlinks or special files, SealFailure for I/O errors.
     """
     files, dirs = collect_tree(base)
@@ -79,6 +83,7 @@ def seal(
         problem = path_problem(rel)
         if problem is not None:
             raise ValueError(f"{rel!r}: {problem}")
+    known = known or {}
     sync_error: list[BaseException] = []
     hashing_failed = threading.Event()
 
@@ -102,6 +107,10 @@ def seal(
     try:
         for rel in files:
             try:
+                written = known.get(rel)
+                if written is not None and written.unchanged(os.lstat(base / rel), algo):
+                    entries.append(written.entry)
+                    continue
                 digest, size = file_digest(base / rel, algo, buffer=buffer)
             except OSError as exc:
                 raise SealFailure(rel, exc) from exc
@@ -114,6 +123,15 @@ def seal(
     if sync_error:
         raise sync_error[0]
     return Sealed(files=tuple(entries), dirs=tuple(dirs))
+
+
+def parent_dirs(paths: Iterable[str]) -> tuple[str, ...]:
+    """The directories that hold the given `/`-separated relative paths, deepest first."""
+    dirs = {path.rsplit("/", 1)[0] for path in paths if "/" in path}
+    for directory in list(dirs):
+        parts = directory.split("/")
+        dirs.update("/".join(parts[:depth]) for depth in range(1, len(parts)))
+    return tuple(sorted(dirs, key=lambda d: (-d.count("/"), d)))
 
 
 def write_durable(ops: FsOps, path: Path, data: bytes, hook: Callable[[], None] | None) -> None:

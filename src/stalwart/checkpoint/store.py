@@ -7,8 +7,9 @@
 
 Commit order: write files in staging -> fsync each -> write MANIFEST.json -> fsync it ->
 fsync the staging directory (and any inside it) -> os.replace to the final name -> fsync
-the parent. Digests are computed while the files are being fsynced (fsync releases the
-GIL), so hashing costs almost nothing on top of the writes.
+the parent. Files written with `write_bytes`, `write_file` or `open_hashed` are hashed as
+they are written (hashed.py) and not read back; others are hashed while they are being
+fsynced (fsync releases the GIL), so hashing costs almost nothing on top of the writes.
 """
 
 from __future__ import annotations
@@ -22,23 +23,31 @@ import stat
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from stalwart.checkpoint.errors import CommitFailed, DiskFull, StepExists
 from stalwart.checkpoint.fsops import FsOps, is_out_of_space
+from stalwart.checkpoint.hashed import Written
 from stalwart.checkpoint.layout import MANIFEST_NAME, checkpoint_name, staging_name
 from stalwart.checkpoint.manifest import (
     FileEntry,
     HashAlgo,
     Manifest,
     parse_manifest,
-    path_problem,
     render_manifest,
 )
-from stalwart.checkpoint.seal import SealFailure, collect_tree, seal, write_durable
+from stalwart.checkpoint.seal import (
+    SealFailure,
+    collect_tree,
+    parent_dirs,
+    seal,
+    write_durable,
+)
+from stalwart.checkpoint.transaction import Transaction
 from stalwart.checkpoint.verify import DEFAULT_CHUNK_BYTES
 from stalwart.clock import Clock, SystemClock
+
+__all__ = ["CheckpointStore", "CommitStage", "Committed", "StageHook", "Transaction"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,117 +91,6 @@ def _check_meta(meta: Mapping[str, Any] | None) -> dict[str, Any]:
     except (TypeError, ValueError) as exc:
         raise ValueError(f"checkpoint meta must be JSON-serializable: {exc}") from None
     return meta
-
-
-def _parent_dirs(paths: Iterable[str]) -> tuple[str, ...]:
-    """The directories that hold the given `/`-separated relative paths, deepest first."""
-    dirs = {path.rsplit("/", 1)[0] for path in paths if "/" in path}
-    for directory in list(dirs):
-        parts = directory.split("/")
-        dirs.update("/".join(parts[:depth]) for depth in range(1, len(parts)))
-    return tuple(sorted(dirs, key=lambda d: (-d.count("/"), d)))
-
-
-class TxState(enum.Enum):
-    OPEN = "open"
-    COMMITTED = "committed"
-    ABORTED = "aborted"
-
-
-class Transaction:
-    """One save in progress, in its own staging directory; see CheckpointStore.begin."""
-
-    def __init__(
-        self, store: CheckpointStore, step: int, staging: Path, meta: dict[str, Any]
-    ) -> None:
-        self.store = store
-        self.step = step
-        self.name = checkpoint_name(step)
-        self.dir = staging
-        """The staging directory: write anything under it, or use `path()`."""
-        self.meta = meta
-        self.state = TxState.OPEN
-        self.committed: Committed | None = None
-
-    def path(self, relpath: str) -> Path:
-        """Where to write `relpath` (e.g. "model.pt", "shards/0.bin"); parent dirs are created."""
-        self._require_open()
-        problem = path_problem(relpath)
-        if problem is not None or relpath == MANIFEST_NAME:
-            why = problem or "MANIFEST.json is written by the store"
-            raise ValueError(f"checkpoint {self.name}: cannot write {relpath!r}: {why}")
-        target = self.dir / relpath
-        target.parent.mkdir(parents=True, exist_ok=True)
-        return target
-
-    def write_bytes(self, relpath: str, data: bytes | bytearray | memoryview) -> Path:
-        """Write one file of the checkpoint (made durable at commit)."""
-        target = self.path(relpath)
-        ops = self.store.ops
-        try:
-            fd = ops.create(target)
-            try:
-                ops.write(fd, data)
-            finally:
-                ops.close(fd)
-        except OSError as exc:
-            self.abort()
-            raise self.store.commit_error(self.name, relpath, exc) from exc
-        return target
-
-    def commit(self) -> Committed:
-        """Make the checkpoint durable under its final name; on failure, remove staging."""
-        return self._finish(
-            lambda: self.store.finish(self.dir, self.step, self.meta, staging_owned=True)
-        )
-
-    def commit_sealed(self, files: Iterable[FileEntry]) -> Committed:
-        """Commit files that their writers already made durable and hashed (the ranks of a
-        sharded save, each sealing its own shards); see CheckpointStore.finish_sealed."""
-        return self._finish(lambda: self.store.finish_sealed(self.dir, self.step, self.meta, files))
-
-    def commit_copy(self, raw_manifest: bytes) -> Committed:
-        """Commit files copied into `dir` from elsewhere (a download) and verified against
-        `raw_manifest`, which is kept byte for byte; see CheckpointStore.finish_copy."""
-        return self._finish(lambda: self.store.finish_copy(self.dir, self.step, raw_manifest))
-
-    def _finish(self, finish: Callable[[], Committed]) -> Committed:
-        """Run one of the store's commits; the transaction is committed or aborted after."""
-        self._require_open()
-        try:
-            committed = finish()
-        except BaseException:
-            self.state = TxState.ABORTED
-            raise
-        self.state = TxState.COMMITTED
-        self.committed = committed
-        return committed
-
-    def abort(self) -> None:
-        """Remove the staging directory; idempotent."""
-        if self.state is not TxState.OPEN:
-            return
-        self.state = TxState.ABORTED
-        self.store.remove_staging(self.dir)
-
-    def _require_open(self) -> None:
-        if self.state is not TxState.OPEN:
-            raise RuntimeError(f"checkpoint {self.name}: transaction is {self.state.value}")
-
-    def __enter__(self) -> Transaction:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            if self.state is TxState.OPEN:
-                self.commit()
-        else:
-            self.abort()
 
 
 class CheckpointStore:
@@ -300,8 +198,10 @@ class CheckpointStore:
         meta: dict[str, Any],
         *,
         staging_owned: bool,
+        known: Mapping[str, Written] | None = None,
     ) -> Committed:
-        """Seal `base`, write its manifest, rename it to `step`'s name and make it durable."""
+        """Seal `base`, write its manifest, rename it to `step`'s name and make it durable;
+        files in `known` (hashed as written, unchanged since) are not read back."""
 
         def describe() -> tuple[Manifest, bytes, tuple[str, ...]]:
             sealed = seal(
@@ -310,6 +210,7 @@ class CheckpointStore:
                 self.ops,
                 exclude=frozenset((MANIFEST_NAME,)),
                 chunk_bytes=self.chunk_bytes,
+                known=known,
             )
             manifest = Manifest(
                 step=step,
@@ -378,7 +279,7 @@ class CheckpointStore:
                     self.ops.fsync_file(base / entry.path)
                 except OSError as exc:
                     raise SealFailure(entry.path, exc) from None
-            return manifest, raw_manifest, _parent_dirs(entry.path for entry in manifest.files)
+            return manifest, raw_manifest, parent_dirs(entry.path for entry in manifest.files)
 
         return self._commit(base, step, describe, staging_owned=True)
 
