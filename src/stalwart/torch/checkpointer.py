@@ -10,9 +10,12 @@ advises, restored bitwise.
             if ckpt.step_end(step):        # heartbeat; save when due; True: saved, now exit
                 break
 
-A save snapshots the state to CPU memory (the only time training waits), then writes and
-commits it through the checkpoint store in a background thread. At most one save is in
-flight. The background thread's failure is raised at the next Checkpointer call.
+A save snapshots the state to CPU memory, then writes and commits it through the
+checkpoint store in a background thread. The snapshot overlaps training: the small state is
+copied at once, parameters and optimizer state while the next forward and backward run,
+and training waits only at the next optimizer step (or `step_end`) if that copy is not done
+yet (overlap.py). At most one save is in flight. The background thread's failure is raised
+at the next Checkpointer call.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from stalwart.torch.background import Background
 from stalwart.torch.errors import StateMismatch
 from stalwart.torch.files import LoadedCheckpoint, read_checkpoint
 from stalwart.torch.fit import state_mismatch
+from stalwart.torch.overlap import TornSnapshot
 from stalwart.torch.signals import SignalRequests
 from stalwart.torch.strategies import LocalSaves, SaveStrategy, ShardedSaves, dcp_optimizer
 
@@ -133,6 +137,7 @@ class Checkpointer:
         ckpt_dir: str | os.PathLike[str] | None = None,
         async_save: bool = True,
         busy: Busy | Literal["wait", "skip"] = Busy.WAIT,
+        snapshot: Literal["overlap", "block"] = "overlap",
         interval_s: float | None = None,
         save_signals: Iterable[int] = (signal.SIGUSR1,),
         exit_signals: Iterable[int] = (signal.SIGTERM,),
@@ -153,6 +158,15 @@ class Checkpointer:
             training waits).
         busy: a save asked for while the previous one is still being written waits for it
             ("wait") or is skipped ("skip"). An interval save is never requested meanwhile.
+        snapshot: how an asynchronous save copies the state. "overlap": the small state
+            (buffers, RNGs, scheduler, scaler, data position, `extra`) at once, parameters
+            and the optimizers' state in the background while training goes on; a step
+            pre-hook on each torch optimizer among the components (with none: the next
+            `step_end`) waits for that copy. A tensor changed in place meanwhile (an EMA
+            update, a manual edit) voids that save, which is retaken at the next step
+            with everything copied at once (logged, counted in `torn_snapshots`).
+            "block": copy everything before returning. Buffers are kept between saves:
+            memory for one snapshot of the state.
         interval_s: standalone only, save this often (default the client's 1800 s); under
             the supervisor its advice decides.
         save_signals: signals that ask for a checkpoint at the next step (SIGUSR1).
@@ -192,14 +206,22 @@ class Checkpointer:
         self.client = client if client is not None else Client(env)
         self.async_save = async_save
         self.busy = Busy(busy)
+        if snapshot not in ("overlap", "block"):
+            raise ValueError(f"snapshot={snapshot!r}: use 'overlap' or 'block'")
+        self.snapshot = snapshot
         self.interval_s = interval_s
         self.map_location = map_location
         self.strict = strict
         self._clock = clock
         self._signals = SignalRequests(save_signals, exit_signals)
         self._background: Background[SaveOutcome] = Background("stalwart-checkpoint")
+        optimizers = {
+            name: obj
+            for name, obj in self.components.items()
+            if isinstance(obj, torch.optim.Optimizer)
+        }
         self._saves: SaveStrategy = (
-            LocalSaves()
+            LocalSaves(optimizers)
             if ranks is None
             else ShardedSaves(ranks, local_rank=local_rank, clock=clock)
         )
@@ -210,6 +232,9 @@ class Checkpointer:
         self._last_durable_s = clock()
         self._exiting = False
         self._closed = False
+        self._retake = False
+        self.torn_snapshots = 0
+        """Overlapped saves discarded because a tensor changed in place during the copy."""
         self.last_saved: SaveOutcome | None = None
         """The newest save that became durable in this process."""
         self.restored_from: Path | None = None
@@ -290,7 +315,9 @@ class Checkpointer:
                 return False
             self._collect(wait=True)
         in_background = self.async_save and not wait
-        complete = self._saves.begin(self, step, background=in_background)
+        overlap = self.snapshot == "overlap" and not self._retake
+        complete = self._saves.begin(self, step, background=in_background, overlap=overlap)
+        self._retake = False
         if in_background:
             stall_s = self._clock() - started_s
             self._background.start(lambda: self._outcome(step, complete, started_s, stall_s))
@@ -338,8 +365,17 @@ class Checkpointer:
         )
 
     def _collect(self, *, wait: bool) -> None:
+        void = self._saves.settle(block=wait)
         try:
-            outcome = self._background.collect(wait=wait)
+            # A void save ends at once, without writing: collect it now, so that this very
+            # step_end retakes the snapshot.
+            outcome = self._background.collect(wait=wait or void)
+        except TornSnapshot as torn:
+            self._requested_step = self._durable_step
+            self.torn_snapshots += 1
+            self._retake = True
+            logger.warning("%s (torn snapshots so far: %d)", torn, self.torn_snapshots)
+            return
         except BaseException:
             self._requested_step = self._durable_step  # that step may be saved again
             raise

@@ -12,7 +12,8 @@ to it; what it does itself (snapshot timing, reports, restore checks) is the sam
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import logging
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -23,8 +24,9 @@ from stalwart.client import Client
 from stalwart.torch import rng
 from stalwart.torch import sharded as sharded_mod
 from stalwart.torch.files import FORMAT, FORMAT_NAME, SavePlan, write_checkpoint
+from stalwart.torch.overlap import OverlappedCopy
 from stalwart.torch.signals import SignalRequests
-from stalwart.torch.tree import SnapshotBuffers, flatten, for_direct_write
+from stalwart.torch.tree import SnapshotBuffers, copy_into, flatten, for_direct_write
 
 if TYPE_CHECKING:
     from stalwart.torch.checkpointer import Stateful
@@ -32,6 +34,8 @@ if TYPE_CHECKING:
 AGREE_EVERY_S = 0.1
 """Sharded: how often (in training time) the ranks agree on whether to save or leave."""
 MAX_STRIDE = 1000
+
+logger = logging.getLogger(__name__)
 
 
 class Host(Protocol):
@@ -42,6 +46,8 @@ class Host(Protocol):
     store: CheckpointStore
     client: Client
     _signals: SignalRequests
+    _retake: bool
+    """A torn snapshot was discarded: save again at the next step, copying at once."""
 
     def save(self, step: int, *, wait: bool = False) -> bool: ...
 
@@ -76,9 +82,17 @@ class SaveStrategy(Protocol):
     def any_busy(self, busy: bool) -> bool:
         """Whether the previous save is still being written here (or on any rank)."""
 
-    def begin(self, host: Host, step: int, *, background: bool) -> Callable[[], Committed]:
-        """Start a save of the state as of `step` (snapshot it when in the `background`);
-        the function returned completes it and returns the committed checkpoint."""
+    def begin(
+        self, host: Host, step: int, *, background: bool, overlap: bool
+    ) -> Callable[[], Committed]:
+        """Start a save of the state as of `step` (snapshot it when in the `background`,
+        parameters and optimizer state in the background too with `overlap`); the function
+        returned completes it and returns the committed checkpoint."""
+
+    def settle(self, *, block: bool) -> bool:
+        """Training thread: finish the overlapped copy in flight where the state would
+        change under it (waiting for it if `block`, or when no optimizer step waits).
+        True: the save in flight is void (a tensor changed during its copy)."""
 
     def resume_from(self, host: Host, source: Path | None) -> Path | None:
         """The checkpoint this process resumes from, given the one it found itself."""
@@ -94,45 +108,119 @@ def dcp_optimizer(components: Mapping[str, Stateful]) -> torch.optim.Optimizer |
 
 
 class LocalSaves:
-    """One process: decides alone, writes the whole state into one checkpoint."""
+    """One process: decides alone, writes the whole state into one checkpoint.
+
+    An overlapped save copies buffers, RNG states and every other small state at once, and
+    leaves the parameters and the optimizers' state to the save's thread; a step pre-hook
+    on each optimizer (or, with none, the next `step_end`) waits for that copy.
+    """
 
     ranks: sharded_mod.Ranks | None = None
     rank = 0
     reports_costs = True
 
-    def __init__(self) -> None:
+    def __init__(self, optimizers: Mapping[str, torch.optim.Optimizer] | None = None) -> None:
         self._model_buffers = SnapshotBuffers()
         self._state_buffers = SnapshotBuffers()
+        self._optimizers = dict(optimizers or {})
+        """The torch optimizers among the components, by name: their state is overlapped."""
+        self._pending: OverlappedCopy | None = None
+        self._void = False
+        """The newest overlapped copy was torn: its save ends without writing."""
+        self._hooks = [
+            optimizer.register_step_pre_hook(self._before_step)
+            for optimizer in self._optimizers.values()
+        ]
+
+    def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self.settle(block=True)
+
+    def settle(self, *, block: bool) -> bool:
+        pending = self._pending
+        if pending is not None and pending.settle(block=block or not self._hooks):
+            self._pending = None
+            self._void = pending.torn
+        return self._void
+
+    @property
+    def buffer_bytes(self) -> int:
+        """Memory held by the snapshot buffers (one snapshot of the state)."""
+        return self._model_buffers.nbytes + self._state_buffers.nbytes
+
+    @property
+    def buffer_allocations(self) -> int:
+        return self._model_buffers.allocations + self._state_buffers.allocations
 
     def step_end(self, host: Host, step: int) -> bool:
         if host._leaving():
             host._drain(step)
             return True
         asked = host._signals.take_save_request()
-        if asked or host._due_now(step):
+        if asked or host._retake or host._due_now(step):
             host.save(step)
         return False
 
     def any_busy(self, busy: bool) -> bool:
         return busy
 
-    def begin(self, host: Host, step: int, *, background: bool) -> Callable[[], Committed]:
+    def begin(
+        self, host: Host, step: int, *, background: bool, overlap: bool
+    ) -> Callable[[], Committed]:
+        self.settle(block=True)  # the previous copy is done (its save was collected)
+        self._void = False
         tx = host.store.begin(step, meta={"format": f"{FORMAT_NAME}/{FORMAT}"})
         try:
-            plan = self._plan(host, step, copy=background)
+            plan, copy = self._plan(host, step, copy=background, overlap=overlap)
         except BaseException:
             tx.abort()
             raise
         host.client.checkpoint_begin(step)
-        return lambda: write_checkpoint(tx, plan)
+        if copy is None:
+            return lambda: write_checkpoint(tx, plan)
+        self._pending = copy
 
-    def _plan(self, host: Host, step: int, *, copy: bool) -> SavePlan:
+        def complete() -> Committed:
+            try:
+                copy.run()
+            except BaseException:
+                tx.abort()
+                raise
+            return write_checkpoint(tx, plan)
+
+        return complete
+
+    def _plan(
+        self, host: Host, step: int, *, copy: bool, overlap: bool
+    ) -> tuple[SavePlan, OverlappedCopy | None]:
         model_flat = flatten(host.model.state_dict())
         state = {name: obj.state_dict() for name, obj in host.components.items()}
         state["rng"] = rng.capture()
         state_flat = flatten(state)
         events: list[Any] = []
-        if copy:
+        overlapped: OverlappedCopy | None = None
+        if copy and overlap:
+            model_tensors = self._model_buffers.targets(model_flat.tensors)
+            state_tensors = self._state_buffers.targets(state_flat.tensors)
+            later = self._deferred(host.model.parameters(), model_flat.tensors, model_tensors)
+            later += self._deferred_state(state_flat.tensors, state_tensors)
+            deferred = {key for key, _, _ in later}
+            devices: set[torch.device] = set()
+            with torch.no_grad():
+                for flat, targets in (
+                    (model_flat.tensors, model_tensors),
+                    (state_flat.tensors, state_tensors),
+                ):
+                    for key, tensor in flat.items():
+                        if key not in deferred:
+                            copy_into(targets[key], tensor)
+                            if tensor.is_cuda:
+                                devices.add(tensor.device)
+            for device in devices:
+                event = torch.cuda.Event()  # type: ignore[no-untyped-call]
+                event.record(torch.cuda.current_stream(device))
+                events.append(event)
+            overlapped = OverlappedCopy(step, later)
+        elif copy:
             model_tensors, model_events = self._model_buffers.copy(model_flat.tensors)
             state_tensors, state_events = self._state_buffers.copy(state_flat.tensors)
             events = model_events + state_events
@@ -148,15 +236,48 @@ class LocalSaves:
         }
 
         def ready() -> None:
+            if overlapped is not None:
+                overlapped.ready()
             for event in events:
                 event.synchronize()
 
-        return SavePlan(step, model_tensors, state_tensors, document, ready)
+        return SavePlan(step, model_tensors, state_tensors, document, ready), overlapped
+
+    @staticmethod
+    def _deferred(
+        parameters: Iterable[torch.Tensor],
+        tensors: Mapping[str, torch.Tensor],
+        targets: Mapping[str, torch.Tensor],
+    ) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+        """The model's tensors that only an optimizer step changes: its parameters (buffers
+        such as BatchNorm statistics change in the forward, and are copied at once)."""
+        owned = {(p.device, p.untyped_storage().data_ptr()) for p in parameters if p.numel()}
+        return [
+            (f"model/{key}", tensor, targets[key])
+            for key, tensor in tensors.items()
+            if tensor.numel() and (tensor.device, tensor.untyped_storage().data_ptr()) in owned
+        ]
+
+    def _deferred_state(
+        self, tensors: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]
+    ) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+        """The torch optimizers' state (moments, step counts): their step pre-hook waits."""
+        if not self._hooks:
+            return []
+        return [
+            (f"state/{key}", tensor, targets[key])
+            for key, tensor in tensors.items()
+            if key.split("/", 1)[0] in self._optimizers
+        ]
 
     def resume_from(self, host: Host, source: Path | None) -> Path | None:
         return source
 
     def close(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+        self._pending = None
         self._model_buffers.clear()
         self._state_buffers.clear()
 
@@ -225,7 +346,9 @@ class ShardedSaves:
         (busy,) = self._ranks.any(busy)
         return busy
 
-    def begin(self, host: Host, step: int, *, background: bool) -> Callable[[], Committed]:
+    def begin(
+        self, host: Host, step: int, *, background: bool, overlap: bool
+    ) -> Callable[[], Committed]:
         shards = sharded_mod.dcp_state(host.model, dcp_optimizer(host.components))
         own = sharded_mod.capture_rank_state(step, self._rank_state(host), copy=background)
         host.client.checkpoint_begin(step)
@@ -247,6 +370,10 @@ class ShardedSaves:
         }
         state["rng"] = rng.capture()
         return state
+
+    def settle(self, *, block: bool) -> bool:
+        """Sharded saves copy everything before returning: nothing to settle."""
+        return False
 
     def resume_from(self, host: Host, source: Path | None) -> Path | None:
         if host.client.supervised:

@@ -196,33 +196,39 @@ class SnapshotBuffers:
 
     def __init__(self) -> None:
         self._buffers: dict[str, torch.Tensor] = {}
+        self.allocations = 0
+        """Buffers allocated so far (the first save allocates, later ones reuse)."""
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the buffers."""
+        return sum(buffer.numel() * buffer.element_size() for buffer in self._buffers.values())
+
+    def targets(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The buffer for each tensor: kept from the previous save while its shape and dtype
+        stay the same, allocated otherwise; buffers of tensors no longer there are freed."""
+        targets: dict[str, torch.Tensor] = {}
+        for key, tensor in tensors.items():
+            buffer = self._buffers.get(key)
+            if buffer is None or buffer.shape != tensor.shape or buffer.dtype != tensor.dtype:
+                buffer = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=tensor.is_cuda)
+                self._buffers[key] = buffer
+                self.allocations += 1
+            targets[key] = buffer
+        for stale in set(self._buffers) - set(tensors):
+            del self._buffers[stale]
+        return targets
 
     def copy(
         self, tensors: Mapping[str, torch.Tensor]
     ) -> tuple[dict[str, torch.Tensor], list[Any]]:
-        copies: dict[str, torch.Tensor] = {}
+        copies = self.targets(tensors)
         devices: set[torch.device] = set()
         with torch.no_grad():
             for key, tensor in tensors.items():
-                buffer = self._buffers.get(key)
-                if buffer is None or buffer.shape != tensor.shape or buffer.dtype != tensor.dtype:
-                    buffer = torch.empty(
-                        tensor.shape, dtype=tensor.dtype, pin_memory=tensor.is_cuda
-                    )
-                    self._buffers[key] = buffer
-                if tensor.device.type == "cpu" and tensor.is_contiguous():
-                    # One plain memcpy: torch's copy_ splits large copies over the intra-op
-                    # threads, which stalls on a preempted thread when cores are busy.
-                    ctypes.memmove(
-                        buffer.data_ptr(), tensor.data_ptr(), tensor.numel() * tensor.itemsize
-                    )
-                else:
-                    buffer.copy_(tensor, non_blocking=tensor.is_cuda)
+                copy_into(copies[key], tensor)
                 if tensor.is_cuda:
                     devices.add(tensor.device)
-                copies[key] = buffer
-        for stale in set(self._buffers) - set(tensors):
-            del self._buffers[stale]
         events = []
         for device in devices:
             event = torch.cuda.Event()  # type: ignore[no-untyped-call]
@@ -232,6 +238,18 @@ class SnapshotBuffers:
 
     def clear(self) -> None:
         self._buffers.clear()
+
+
+def copy_into(buffer: torch.Tensor, tensor: torch.Tensor) -> None:
+    """Copy `tensor` into `buffer` (same shape and dtype); from CUDA, asynchronously on the
+    current stream (the caller records an event after it)."""
+    with torch.no_grad():
+        if tensor.device.type == "cpu" and tensor.is_contiguous():
+            # One plain memcpy: torch's copy_ splits large copies over the intra-op threads,
+            # which stalls on a preempted thread when cores are busy.
+            ctypes.memmove(buffer.data_ptr(), tensor.data_ptr(), tensor.numel() * tensor.itemsize)
+        else:
+            buffer.copy_(tensor, non_blocking=tensor.is_cuda)
 
 
 def for_direct_write(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
