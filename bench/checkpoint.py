@@ -1,10 +1,12 @@
 """Checkpoint store costs, each as a ratio against a baseline measured in the same run.
 
-1. Atomic commit of one SIZE checkpoint (staging, fsync of each file, manifest with
-   xxh3-128 digests, fsyncs, rename, parent fsync) vs a raw write + fsync of the same
-   bytes into one file. Goal: commit throughput >= 0.9 of raw.
+1. Atomic commit of one SIZE checkpoint written with `save_bytes` (staging, the file hashed
+   as it is written, fsync of each file, manifest with xxh3-128 digests, fsyncs, rename,
+   parent fsync) vs a raw write + fsync of the same bytes into one file, written in the
+   same 4 MiB write calls. Goal: commit throughput >= 0.97 of raw. Also printed: the bytes
+   the commit read (/proc/self/io rchar), which is ~0 now that it never reads files back.
 2. Full verification (streaming digests) vs a plain sequential read of the same files,
-   both cold-ish. Goal: >= 0.9 of the read's throughput.
+   both cold-ish. Goal: >= 0.95 of the read's throughput.
    Page cache: dropping caches needs /proc/sys/vm/drop_caches (not writable in a
    container), so each file is fsynced (clean) and evicted with
    posix_fadvise(POSIX_FADV_DONTNEED) before every timed read. The kernel may keep
@@ -38,18 +40,30 @@ from stalwart.checkpoint import (
     prepare_resume,
     verify_checkpoint,
 )
+from stalwart.checkpoint.hashed import PIPELINE_CHUNK_BYTES
 from stalwart.checkpoint.verify import DEFAULT_CHUNK_BYTES
 
 MIB = 1024 * 1024
 
 
 def raw_write(path: Path, data: bytes) -> None:
+    """Write + fsync in the write calls the hashing writer makes (no chunking advantage)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
-        FsOps().write(fd, data)
+        view = memoryview(data)
+        for start in range(0, len(view), PIPELINE_CHUNK_BYTES):
+            FsOps().write(fd, view[start : start + PIPELINE_CHUNK_BYTES])
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def read_bytes_so_far() -> int:
+    """This process's bytes read through read(2) and friends, page cache included."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    return -1
 
 
 def evict(paths: Iterable[Path]) -> None:
@@ -80,9 +94,11 @@ def timed(action: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
-def bench_commit(work: Path, data: bytes, rounds: int) -> tuple[float, float]:
-    """Median seconds of (raw write + fsync, atomic commit) of `data`, alternating order."""
+def bench_commit(work: Path, data: bytes, rounds: int) -> tuple[float, float, int]:
+    """Median seconds of (raw write + fsync, atomic commit) of `data`, alternating order,
+    and the most bytes one commit read (the hashing writer's digests: none read back)."""
     raw_s, commit_s = [], []
+    read_back = 0
     store = CheckpointStore(work / "ck")
     for round_index in range(rounds):
         step = round_index + 1
@@ -92,11 +108,13 @@ def bench_commit(work: Path, data: bytes, rounds: int) -> tuple[float, float]:
             if what == "raw":
                 raw_s.append(timed(lambda: raw_write(work / "raw.bin", data)))
             else:
+                before = read_bytes_so_far()
                 commit_s.append(timed(lambda s=step: store.save_bytes(s, {"model.bin": data})))  # type: ignore[misc]
+                read_back = max(read_back, read_bytes_so_far() - before)
         (work / "raw.bin").unlink()
         if round_index < rounds - 1:
             shutil.rmtree(work / "ck" / f"step-{step:09d}")
-    return statistics.median(raw_s), statistics.median(commit_s)
+    return statistics.median(raw_s), statistics.median(commit_s), read_back
 
 
 def bench_verify(checkpoint: Path, rounds: int) -> tuple[float, float, float, float]:
@@ -175,7 +193,7 @@ def main() -> None:
     try:
         size = args.size_mib * MIB
         data = os.urandom(size)
-        raw_s, commit_s = bench_commit(work, data, args.rounds)
+        raw_s, commit_s, read_back = bench_commit(work, data, args.rounds)
         del data
         last = sorted((work / "ck").iterdir())[-1]
         cold_read_s, cold_verify_s, warm_read_s, warm_verify_s = bench_verify(
@@ -195,10 +213,11 @@ def main() -> None:
     )
     print(f"raw write+fsync          {rate(raw_s)}")
     print(f"atomic commit            {rate(commit_s)}")
-    print(f"  commit/raw throughput  {raw_s / commit_s:.2f}  (goal >= 0.9)")
+    print(f"  commit/raw throughput  {raw_s / commit_s:.2f}  (goal >= 0.97)")
+    print(f"  bytes read by a commit {read_back:8d}  (of {size} written; hashed as written)")
     print(f"sequential read, cold    {rate(cold_read_s)}")
     print(f"full verify, cold        {rate(cold_verify_s)}")
-    print(f"  verify/read throughput {cold_read_s / cold_verify_s:.2f}  (goal >= 0.9)")
+    print(f"  verify/read throughput {cold_read_s / cold_verify_s:.2f}  (goal >= 0.95)")
     print(f"sequential read, warm    {rate(warm_read_s)}")
     print(f"full verify, warm        {rate(warm_verify_s)}")
     print(f"  verify/read throughput {warm_read_s / warm_verify_s:.2f}  (page cache, for context)")
