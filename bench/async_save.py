@@ -12,11 +12,21 @@ measured in the same run.
    loop of 10 ms steps (a spin until a deadline, so the work per step is fixed and any
    overhead adds to it), which also shows scheduling noise. Goal: < 1%.
 
+3. The training step that contains a save (issue 18): a real MLP's forward, backward and
+   AdamW step; `save()` at the step's end, then the next step, against the same step with
+   no save. The extra wall time is measured for a synchronous save, an asynchronous save
+   with `snapshot="block"` (everything copied before returning) and with
+   `snapshot="overlap"` (parameters and moments copied while the next forward and
+   backward run), against a bare `memcpy` of the same bytes into kept buffers done
+   before the step. Goals: overlap/memcpy <= 0.7, overlap/sync <= 0.10, the first
+   overlapped save within 1.5x of the later ones.
+
 Rounds alternate which of baseline and subject goes first; medians are reported.
 `os.sync()` runs before each save so earlier writeback does not land on the next one.
 
     .venv/bin/python bench/async_save.py [--size-mib 512] [--rounds 5] [--step-ms 10]
                                          [--steps 500] [--loop-rounds 5] [--dir DIR]
+                                         [--parts step,stall,loop] [--param-mib 128]
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ import torch
 
 from stalwart.client import Client
 from stalwart.torch import Checkpointer
+from stalwart.torch.tree import copy_into
 
 MIB = 1024 * 1024
 TENSOR_MIB = 16
@@ -101,6 +112,126 @@ def bench_stall(size_mib: int, rounds: int, base: Path) -> dict[str, float]:
         "sync_min_s": min(stalls["sync"]),
         "persist_s": statistics.median(persists),
     }
+
+
+class Mlp(torch.nn.Module):
+    """`param_mib` of float32 weights in square layers, with a real forward and backward."""
+
+    def __init__(self, param_mib: int, width: int = 2048) -> None:
+        super().__init__()
+        layers = max(1, param_mib * MIB // (4 * width * width))
+        self.layers = torch.nn.Sequential(
+            *(torch.nn.Linear(width, width, bias=False) for _ in range(layers))
+        )
+        self.norm = torch.nn.BatchNorm1d(width)  # buffers that the forward updates
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(self.layers(self.norm(x)))
+
+
+def bench_step(param_mib: int, rounds: int, base: Path) -> dict[str, float]:
+    """Extra seconds of the step containing a save, per arm (medians), and the first save."""
+    torch.manual_seed(0)
+    model = Mlp(param_mib)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    batch = torch.randn(64, 2048)
+
+    def step() -> None:
+        loss = model(batch).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(2):
+        step()  # Adam's moments exist from here on
+    tensors = [*model.state_dict().values()] + [
+        t for state in optimizer.state.values() for t in state.values() if t.numel() > 1
+    ]
+    copies = [torch.empty_like(t) for t in tensors]
+    for target, tensor in zip(copies, tensors, strict=True):
+        copy_into(target, tensor)  # touched once: the memcpy arm reuses its buffers too
+    state_bytes = sum(t.numel() * t.element_size() for t in tensors)
+
+    def ckpt(name: str, **kwargs: object) -> Checkpointer:
+        return Checkpointer(
+            model, optimizer, ckpt_dir=base / name, environ={}, exit_signals=(), **kwargs
+        )
+
+    ckpts = {
+        "sync": ckpt("sync", async_save=False),
+        "block": ckpt("block", snapshot="block"),
+        "overlap": ckpt("overlap", snapshot="overlap"),
+    }
+    extra: dict[str, list[float]] = {name: [] for name in ("memcpy", *ckpts)}
+    bare: list[float] = []
+    first: dict[str, float] = {}
+
+    def timed(before: Callable[[], None]) -> float:
+        os.sync()
+        started = time.perf_counter()
+        before()
+        step()
+        return time.perf_counter() - started
+
+    def memcpy() -> None:
+        for target, tensor in zip(copies, tensors, strict=True):
+            copy_into(target, tensor)
+
+    def arm(name: str, n: int) -> float:
+        bare.append(timed(lambda: None))
+        if name == "memcpy":
+            return timed(memcpy) - bare[-1]
+        checkpointer = ckpts[name]
+        took = timed(lambda: checkpointer.save(n)) - bare[-1]
+        outcome = checkpointer.wait()
+        assert outcome is not None and checkpointer.torn_snapshots == 0
+        shutil.rmtree(outcome.path)
+        return took
+
+    try:
+        for name in ("block", "overlap"):
+            first[name] = arm(name, 0)
+        names = list(extra)
+        for n in range(1, rounds + 1):
+            for name in names[n % len(names) :] + names[: n % len(names)]:
+                extra[name].append(arm(name, n))
+    finally:
+        for checkpointer in ckpts.values():
+            checkpointer.close()
+    result = {name: statistics.median(values) for name, values in extra.items()}
+    result.update({f"first_{name}": value for name, value in first.items()})
+    result["step"] = statistics.median(bare)
+    result["state_bytes"] = float(state_bytes)
+    return result
+
+
+def print_step(figures: dict[str, float], rounds: int) -> None:
+    memcpy_s, sync_s = figures["memcpy"], figures["sync"]
+    print(
+        f"training step containing a save: {figures['state_bytes'] / MIB:.0f} MiB of "
+        f"parameters + AdamW moments + buffers, step {1000 * figures['step']:.1f} ms without a "
+        f"save, medians of {rounds} rounds; extra wall time of the step:"
+    )
+    for name, label in (
+        ("memcpy", "bare memcpy of the same bytes"),
+        ("sync", "sync save"),
+        ("block", 'async, snapshot="block"'),
+        ("overlap", 'async, snapshot="overlap"'),
+    ):
+        print(
+            f"  {label:32} {1000 * figures[name]:8.1f} ms   /memcpy {figures[name] / memcpy_s:6.3f}"
+            f"   /sync {figures[name] / sync_s:6.3f}"
+        )
+    for name in ("block", "overlap"):
+        print(
+            f"  first {name} save (allocates)    {1000 * figures[f'first_{name}']:8.1f} ms   "
+            f"first/later {figures[f'first_{name}'] / figures[name]:6.2f}"
+        )
+    print(
+        f"  goals: overlap/memcpy {figures['overlap'] / memcpy_s:.3f} (<= 0.7), overlap/sync "
+        f"{figures['overlap'] / sync_s:.3f} (<= 0.10), first/later overlap "
+        f"{figures['first_overlap'] / figures['overlap']:.2f} (<= 1.5)"
+    )
 
 
 def spin_until(deadline: float) -> None:
@@ -182,11 +313,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--loop-rounds", type=int, default=5)
     parser.add_argument("--dir", type=Path, default=None, help="where checkpoints are written")
+    parser.add_argument("--parts", default="step,stall,loop", help="which measurements")
+    parser.add_argument("--param-mib", type=int, default=128, help="the step part's weights")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
     torch.manual_seed(0)
     load_before = os.getloadavg()[0]
     base = Path(tempfile.mkdtemp(prefix="stalwart-bench-", dir=args.dir))
     try:
+        if "step" in parts:
+            print_step(bench_step(args.param_mib, args.rounds, base / "step"), args.rounds)
+            print(f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
+        if not parts & {"stall", "loop"}:
+            return
         stall = bench_stall(args.size_mib, args.rounds, base)
         loop = bench_loop(args.step_ms / 1000, args.steps, args.loop_rounds, base)
     finally:
