@@ -264,13 +264,13 @@ def _setpriv() -> str | None:
     return found if check.returncode == 0 else None
 
 
-def _resolve(program: str, env: Mapping[str, str], cwd: Path | None) -> str:
+def resolve_program(program: str, env: Mapping[str, str], cwd: Path | None) -> str:
     """Where `program` is, as exec would find it; the same errors `subprocess` raises."""
     if "/" in program:
         where = Path(program) if Path(program).is_absolute() else Path(cwd or ".") / program
         if not where.exists():
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
-        if where.is_dir() or not os.access(where, os.X_OK):
+        if not where.is_file() or not os.access(where, os.X_OK):  # a directory: EACCES too
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), program)
         return program
     found = shutil.which(program, path=env.get("PATH", os.defpath))
@@ -293,7 +293,7 @@ def spawn(argv: Sequence[str], env: Mapping[str, str], cwd: Path | None) -> subp
     }
     setpriv = _setpriv()
     if setpriv is not None:
-        program = _resolve(argv[0], env, cwd)
+        program = resolve_program(argv[0], env, cwd)
         # setpriv sets the signal, then sh checks that its parent is still this process
         # (it may have died before the signal was set: then nobody would kill us).
         check = f'[ "$PPID" = {os.getpid()} ] || exit 111; exec "$@"'

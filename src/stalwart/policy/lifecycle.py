@@ -98,7 +98,6 @@ class Lifecycle:
         self.notice: Notice | None = None
         self.internal_error: str | None = None
         self.exit_code: ExitCode | None = None
-        self.concluded: list[int] = []
         self.chaos_kills = 0
         self._out: list[ActionT] = []
 
@@ -116,6 +115,11 @@ class Lifecycle:
     def stop_requested(self) -> bool:
         """A stop (not a preemption) was asked for: an exit now is the stop's."""
         return bool(self.stop_sources) and self.notice is None
+
+    @property
+    def draining(self) -> bool:
+        """A stop, a notice or an internal error is under way: no attempt is relaunched."""
+        return self.drain is not None or bool(self.stop_sources) or self.notice is not None
 
     def next_deadline_s(self) -> float | None:
         return self.deadlines.next_s()
@@ -410,7 +414,7 @@ class Lifecycle:
         spend: bool,
     ) -> None:
         self.pending = Pending(number, status, verdict, uptime_s)
-        if self.drain is not None or self.stop_sources or self.notice is not None:
+        if self.draining:
             self._on_decided(Decided(number, Decision(Action.FINISH, 0.0, verdict.reason), now_s))
             return
         self._emit(Decide(number, verdict, uptime_s, spend))
@@ -421,11 +425,9 @@ class Lifecycle:
             return
         self.pending = None
         decision = event.decision
-        draining = self.drain is not None or bool(self.stop_sources) or self.notice is not None
-        if draining and decision.action is not Action.FINISH:
+        if self.draining and decision.action is not Action.FINISH:
             why = self.drain.value if self.drain is not None else "stop"
             decision = Decision(Action.FINISH, 0.0, f"{why} under way: not relaunched")
-        self.concluded.append(pending.number)
         self._emit(
             Conclude(pending.number, pending.status, pending.verdict, decision, pending.uptime_s)
         )

@@ -172,13 +172,17 @@ class Supervisor(
                 logger.exception("%s: a cleanup step failed; the others go on", self.config.name)
 
     def _leave_no_trainer(self) -> None:
-        if self.attempt is not None:
-            # Only reached when the loop itself failed: never leave a trainer behind.
-            self.attempt.kill()
+        """Only reached when the loop itself failed: never leave a trainer behind (SIGKILL
+        only while it runs: a reaped pid may be another process's by now)."""
+        attempt = self.attempt
+        if attempt is None:
+            return
+        if attempt.popen.poll() is None:
+            attempt.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):
-                self.attempt.popen.wait(self.config.stop.kill_wait_s)
-            self.attempt.finish_output()
-            self.attempt = None
+                attempt.popen.wait(self.config.stop.kill_wait_s)
+        attempt.finish_output()
+        self.attempt = None
 
     def _restore_signals(self, previous: dict[int, Callable[..., object] | int | None]) -> None:
         for signum, handler in previous.items():
@@ -258,17 +262,11 @@ class Supervisor(
             self.advice.drain()
         if attempt is not None:
             with contextlib.suppress(Exception):
-                if not attempt.stop_signal_sent:
-                    attempt.send_stop(self.config.stop.signum)
-            try:
+                attempt.send_stop(self.config.stop.signum)  # once: it knows if it was sent
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 attempt.popen.wait(self.config.stop.grace_s)
-            except subprocess.TimeoutExpired:
-                attempt.kill()
             with contextlib.suppress(Exception):
-                attempt.popen.wait(self.config.stop.kill_wait_s)
-            with contextlib.suppress(Exception):
-                attempt.finish_output()
-            self.attempt = None
+                self._leave_no_trainer()
         self.exit_code = ExitCode.SOFTWARE
         self.final_message = (
             f"{self.config.name}: internal errors in the supervisor; the trainer was drained; "

@@ -102,9 +102,8 @@ class EndingMixin(SupervisorState):
     def _conclude(self, end: ev.Conclude) -> None:
         assert self.journal is not None
         assert self.run_record is not None
-        status = self._ended_status if self._ended_attempt is not None else None
-        if self._ended_attempt is not None and self._ended_attempt.number != end.number:
-            status = None
+        ended = self._ended_attempt
+        status = self._ended_status if ended is not None and ended.number == end.number else None
         self._ended_attempt, self._ended_status = None, None
         if self.pacer is not None:
             self.advice.set_interval(

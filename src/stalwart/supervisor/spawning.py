@@ -7,8 +7,6 @@ environment and interpreter, and checks the programs exist before anything start
 from __future__ import annotations
 
 import importlib.util
-import os
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,15 +39,17 @@ class LaunchMixin(SupervisorState):
     """Builds each attempt's argv and environment."""
 
     def _check_program(self, program: str, key: str) -> None:
-        cwd = self.config.cwd or Path.cwd()
-        if "/" in program:
-            resolved = (cwd / program) if not Path(program).is_absolute() else Path(program)
-            if not (resolved.is_file() and os.access(resolved, os.X_OK)):
-                raise UsageError(f"command not found or not executable: {program}; check `{key}`")
-            return
-        path = {**self.environ, **self.config.env}.get("PATH", os.defpath)
-        if shutil.which(program, path=path) is None:
-            raise UsageError(f"command not found: {program!r} is not on PATH; check `{key}`")
+        """Before anything starts: the program is found as the spawn will look for it."""
+        try:
+            process.resolve_program(program, {**self.environ, **self.config.env}, self.config.cwd)
+        except OSError:
+            if "/" in program:
+                raise UsageError(
+                    f"command not found or not executable: {program}; check `{key}`"
+                ) from None
+            raise UsageError(
+                f"command not found: {program!r} is not on PATH; check `{key}`"
+            ) from None
 
     def _check_command(self) -> None:
         if self.config.cwd is not None and not self.config.cwd.is_dir():
