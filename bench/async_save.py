@@ -223,7 +223,8 @@ def print_step(figures: dict[str, float], rounds: int) -> None:
     print(
         f"training step containing a save: {figures['state_bytes'] / MIB:.0f} MiB of "
         f"parameters + AdamW moments + buffers, step {1000 * figures['step']:.1f} ms without a "
-        f"save, medians of {rounds} rounds; extra wall time of the step:"
+        f"save, {torch.get_num_threads()} torch threads on {os.cpu_count()} CPUs, medians of "
+        f"{rounds} rounds; extra wall time of the step:"
     )
     for name, label in (
         ("memcpy", "bare memcpy of the same bytes"),
@@ -339,7 +340,16 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=None, help="where checkpoints are written")
     parser.add_argument("--parts", default="step,stall,loop", help="which measurements")
     parser.add_argument("--param-mib", type=int, default=128, help="the step part's weights")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: torch's choice; fewer than the cores leaves "
+        "one to the background copy and write, as a GPU box's many cores would)",
+    )
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     parts = set(args.parts.split(","))
     torch.manual_seed(0)
     load_before = os.getloadavg()[0]

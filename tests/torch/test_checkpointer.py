@@ -51,6 +51,20 @@ class GatedFsOps(FsOps):
         super().fsync(fd)
 
 
+class GatedCreateFsOps(GatedFsOps):
+    """Creating a file blocks while the gate is closed: not one byte of the save is written
+    before the test lets it."""
+
+    def create(self, path: Path) -> int:
+        self.entered.set()
+        if not self.gate.wait(WAIT_S):
+            raise TimeoutError("gate never opened")
+        return super().create(path)
+
+    def fsync(self, fd: int) -> None:
+        FsOps.fsync(self, fd)
+
+
 class FullFsOps(FsOps):
     """fsync fails with ENOSPC once armed: a disk that filled up during a save."""
 
@@ -115,28 +129,19 @@ def test_tied_tensors_stored_once_and_tensors_in_safetensors(tmp_path: Path) -> 
     assert not any(isinstance(v, torch.Tensor) for v in skeleton["model"].values())
 
 
-def test_async_save_captures_the_state_at_the_request(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    gate, entered = threading.Event(), threading.Event()
-    save_file = safetensors.torch.save_file
-
-    def gated_save_file(*args: Any, **kwargs: Any) -> None:
-        entered.set()  # nothing is written before the gate opens
-        assert gate.wait(WAIT_S)
-        save_file(*args, **kwargs)
-
-    monkeypatch.setattr(safetensors.torch, "save_file", gated_save_file)
+def test_async_save_captures_the_state_at_the_request(tmp_path: Path) -> None:
+    ops = GatedCreateFsOps()
     setup = Setup()
-    with make(setup, tmp_path) as ckpt:
+    with make(setup, tmp_path, ops=ops) as ckpt:
         setup.train(3)
         at_save = {k: v.clone() for k, v in setup.model.state_dict().items()}
         moments = {k: v.clone() for k, v in setup.optimizer.state[setup.model.embed.weight].items()}
+        ops.gate.clear()
         ckpt.save(3)
-        assert entered.wait(WAIT_S)
+        assert ops.entered.wait(WAIT_S)
         assert ckpt.saving
         setup.train(4)  # training goes on, in place, while the save waits to be written
-        gate.set()
+        ops.gate.set()
         outcome = ckpt.wait()
     assert outcome is not None and outcome.step == 3
     assert outcome.stall_s < outcome.persist_s

@@ -14,9 +14,7 @@ with torch's restricted unpickler, which refuses anything that would run code.
 from __future__ import annotations
 
 import io
-import os
 import pickle
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +24,9 @@ import safetensors.torch
 import torch
 from safetensors import SafetensorError
 
-from stalwart.checkpoint import CheckpointInvalid, CommitFailed, Committed, Defect, Transaction
+from stalwart.checkpoint import CheckpointInvalid, Committed, Defect, Transaction
 from stalwart.torch.errors import NotATorchCheckpoint, UnsafeCheckpoint
+from stalwart.torch.safetensors_io import write_safetensors
 from stalwart.torch.tree import unflatten
 
 FORMAT = 1
@@ -35,8 +34,6 @@ FORMAT_NAME = "stalwart.torch"
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.safetensors"
 SKELETON_FILE = "state.pt"
-
-_OS_ERROR_RE = re.compile(r"os error (\d+)")
 
 
 @dataclass(frozen=True)
@@ -61,23 +58,14 @@ class LoadedCheckpoint:
 
 
 def _save_tensors(tx: Transaction, relpath: str, tensors: Mapping[str, torch.Tensor]) -> None:
-    target = tx.path(relpath)
+    """Write one safetensors file, hashed as it is written (the commit does not read it)."""
+    metadata = {"format": f"{FORMAT_NAME}/{FORMAT}"}
     try:
-        # save_file writes from the tensors' memory without holding the GIL; building the
-        # bytes in memory first (safetensors.torch.save) would hold it for the whole copy.
-        safetensors.torch.save_file(
-            dict(tensors), target, metadata={"format": f"{FORMAT_NAME}/{FORMAT}"}
-        )
-    except SafetensorError as exc:
+        with tx.open_hashed(relpath) as out:
+            write_safetensors(out, tensors, metadata)
+    except OSError as exc:
         tx.abort()
-        found = _OS_ERROR_RE.search(str(exc))
-        if found is not None:
-            code = int(found.group(1))
-            os_error = OSError(code, os.strerror(code), str(target))
-            raise tx.store.commit_error(tx.name, relpath, os_error) from exc
-        raise CommitFailed(
-            tx.name, relpath, str(exc), "the save was discarded; earlier checkpoints are intact"
-        ) from exc
+        raise tx.store.commit_error(tx.name, relpath, exc) from exc
 
 
 def write_checkpoint(tx: Transaction, plan: SavePlan) -> Committed:
