@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from stalwart.checkpoint.detection import lookalike_reason
 from stalwart.checkpoint.errors import CheckpointInvalid, Defect
 from stalwart.checkpoint.foreign import (
     DEFAULT_LIMITS,
@@ -105,6 +106,8 @@ class CheckpointInfo:
     cached: bool = False
     """The verdict came from the cache (nothing was hashed)."""
     problem: CheckpointInvalid | None = None
+    recognized: bool = True
+    """False: not a checkpoint stalwart can check: never resumed from, quarantined, pruned."""
 
 
 def _info(
@@ -119,6 +122,7 @@ def _info(
     cached: bool = False,
     problem: CheckpointInvalid | None = None,
     step: int | None = None,
+    recognized: bool = True,
 ) -> CheckpointInfo:
     return CheckpointInfo(
         name=entry.name,
@@ -134,6 +138,7 @@ def _info(
         format=format,
         cached=cached,
         problem=problem,
+        recognized=recognized,
     )
 
 
@@ -218,6 +223,7 @@ def _by_format(
         entry, state, reason,
         verified_by=VerifiedBy.FORMAT, size_bytes=verdict.size_bytes, format=verdict.format,
         problem=verdict.problem, step=verdict.step,
+        recognized=verdict.status is not FormatStatus.UNRECOGNIZED,
     )  # fmt: skip
 
 
@@ -398,6 +404,9 @@ def list_checkpoints(
     """Every checkpoint, staging and quarantined entry, newest first, each with its state."""
     listing = scan(root, foreign_globs)
     infos = [examine(e, full=full, cache=cache, limits=limits) for e in listing.candidates]
+    for look in listing.lookalikes:  # reported only
+        reason = lookalike_reason(look.name)
+        infos.append(_info(look, CheckpointState.UNVERIFIED, reason, recognized=False))
     for entry in (*listing.staging, *listing.deleting, *listing.quarantined):
         info = examine(entry)
         infos.append(_info(entry, info.state, info.reason, size_bytes=tree_bytes(entry.path)))

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stalwart.checkpoint.detection import lightning_lookalike
 from stalwart.checkpoint.errors import CheckpointInvalid, Defect
 from stalwart.checkpoint.format_structure import (
     DEFAULT_LIMITS,
@@ -277,11 +278,18 @@ def check_foreign(
             fmt, step = _check_dir(path, entries, full=full, limits=limits)
         elif stat.S_ISREG(st.st_mode):
             fmt = _FILE_CHECKS.get(path.suffix)
+            with open(path, "rb") as handle:
+                head = handle.read(4)
             if fmt is None:
-                with open(path, "rb") as handle:
-                    fmt = ForeignFormat.TORCH_ZIP if handle.read(4) == b"PK\x03\x04" else None
+                fmt = ForeignFormat.TORCH_ZIP if head == b"PK\x03\x04" else None
             if fmt is None:
                 raise Unrecognized("not a known checkpoint file type")
+            if fmt is ForeignFormat.LIGHTNING and lightning_lookalike(head):
+                fmt = None
+                raise Unrecognized(
+                    "a .ckpt that is not a zip, so not Lightning's (torch.save): "
+                    "not a checkpoint stalwart can check; left alone"
+                )
             _check_file(path, fmt, full=full, limits=limits)
         else:
             raise Reject(None, Defect.NOT_A_FILE, "neither a file nor a directory")

@@ -4,7 +4,8 @@
 <root>/.staging-step-000001234-<pid>/        a save in progress; never resumed from
 <root>/.deleting-step-000001234-<pid>/       a prune in progress; removed at start
 <root>/.quarantine/<name>-<reason>/          failed verification or poison; never deleted silently
-<root>/<foreign>                             written by the trainer itself, matched by a glob
+<root>/<foreign>                             written by the trainer itself: matched by a glob,
+                                             or a known layout when none is set (detection.py)
 <root>/<foreign file>.MANIFEST.json          manifest of an adopted foreign file
 """
 
@@ -18,6 +19,8 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from stalwart.checkpoint.detection import Detected, detect
 
 MANIFEST_NAME = "MANIFEST.json"
 ADOPTED_SUFFIX = ".MANIFEST.json"
@@ -97,6 +100,8 @@ class Listing:
     staging: tuple[Entry, ...]
     deleting: tuple[Entry, ...]
     quarantined: tuple[Entry, ...]
+    lookalikes: tuple[Entry, ...] = ()
+    """Named like a known layout but not one (no globs set): reported, never touched."""
 
     @property
     def candidates(self) -> tuple[Entry, ...]:
@@ -190,17 +195,30 @@ def _entry(handle: os.DirEntry[str], parent: Path, kind: EntryKind, step: int | 
     return Entry(handle.name, parent, kind, step, is_dir, is_symlink)
 
 
-def matches_foreign(name: str, foreign_globs: Sequence[str]) -> bool:
-    """Whether a top-level name is a foreign checkpoint per the configured globs."""
+def matches_foreign(name: str, foreign_globs: Sequence[str], path: Path | None = None) -> bool:
+    """Whether a top-level name is a foreign checkpoint: per the globs, or when none are
+    configured a known layout (`path` lets a DCP directory be recognised by its contents)."""
+    return _foreign(name, foreign_globs, path) is Detected.CHECKPOINT
+
+
+def _foreign(name: str, foreign_globs: Sequence[str], path: Path | None) -> Detected | None:
     if name.startswith(".") or name.endswith(ADOPTED_SUFFIX) or name == MANIFEST_NAME:
-        return False
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in foreign_globs)
+        return None
+    if not foreign_globs:
+        return detect(name, path)
+    matched = any(fnmatch.fnmatchcase(name, pattern) for pattern in foreign_globs)
+    return Detected.CHECKPOINT if matched else None
 
 
 def scan(root: Path, foreign_globs: Sequence[str] = ()) -> Listing:
-    """Sort the top level of `root` by kind (one directory read). Missing root: empty."""
+    """Sort the top level of `root` by kind (one directory read). Missing root: empty.
+
+    Without `foreign_globs`, the known framework layouts are foreign checkpoints
+    (detection.py; a directory not otherwise named costs one stat for DCP's `.metadata`).
+    """
     managed: list[Entry] = []
     foreign: list[Entry] = []
+    lookalikes: list[Entry] = []
     staging: list[Entry] = []
     deleting: list[Entry] = []
     quarantined: list[Entry] = []
@@ -220,8 +238,9 @@ def scan(root: Path, foreign_globs: Sequence[str] = ()) -> Listing:
                 deleting.append(_entry(handle, root, EntryKind.DELETING, None))
             elif name == QUARANTINE_DIR and handle.is_dir(follow_symlinks=False):
                 quarantined.extend(_scan_quarantine(root / name))
-            elif matches_foreign(name, foreign_globs):
-                foreign.append(_entry(handle, root, EntryKind.FOREIGN, foreign_step(name)))
+            elif (found := _foreign(name, foreign_globs, _dir_path(handle, root))) is not None:
+                entry = _entry(handle, root, EntryKind.FOREIGN, foreign_step(name))
+                (foreign if found is Detected.CHECKPOINT else lookalikes).append(entry)
         except FileNotFoundError:
             continue  # removed while we looked
     return Listing(
@@ -231,7 +250,13 @@ def scan(root: Path, foreign_globs: Sequence[str] = ()) -> Listing:
         staging=tuple(sorted(staging, key=lambda e: e.name)),
         deleting=tuple(sorted(deleting, key=lambda e: e.name)),
         quarantined=tuple(sorted(quarantined, key=lambda e: e.name)),
+        lookalikes=tuple(sorted(lookalikes, key=lambda e: e.name)),
     )
+
+
+def _dir_path(handle: os.DirEntry[str], root: Path) -> Path | None:
+    """The entry's path when it is a real directory (d_type: no stat), for DCP detection."""
+    return root / handle.name if handle.is_dir(follow_symlinks=False) else None
 
 
 def _scan_quarantine(path: Path) -> list[Entry]:

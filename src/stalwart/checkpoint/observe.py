@@ -115,7 +115,7 @@ class WriteKind(enum.Enum):
     MANAGED = "managed"
     """Committed through the store (staging directory renamed to step-N)."""
     FOREIGN = "foreign"
-    """Written by the trainer itself, matched by a foreign glob."""
+    """Written by the trainer itself: matched by a foreign glob, or a known layout."""
 
 
 @dataclass(frozen=True)
@@ -280,7 +280,7 @@ class CheckpointObserver:
         path = self.root / name
         if parse_step(name) is not None:
             kind = WriteKind.MANAGED
-        elif parse_staging(name) is None and matches_foreign(name, self._globs):
+        elif parse_staging(name) is None and matches_foreign(name, self._globs, path):
             kind = WriteKind.FOREIGN
         else:
             return None  # staging that never committed, or not a checkpoint

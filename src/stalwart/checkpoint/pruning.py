@@ -40,6 +40,7 @@ def retention_items(
                 recorded_metrics(info.manifest.meta if info.manifest is not None else None)
             ),
             mtime_ns=info.mtime_ns,
+            recognized=info.recognized,
         )
         for info in infos
     ]

@@ -3,7 +3,7 @@
 
 Rules, in order of strength:
 - the newest verified (INTACT) checkpoint is never deleted, even when asked explicitly;
-- pinned ones are never deleted;
+- pinned ones are never deleted, nor what stalwart cannot check (look-alikes);
 - the newest `keep_last` verified ones, every `keep_every_steps` milestone and the
   `keep_best` verified ones with the best `best_metric` recorded in their manifest are
   kept, unless free space is below `min_free_bytes` + the expected size of the next save:
@@ -74,6 +74,8 @@ class RetentionItem:
     """Metrics recorded in its manifest's meta (see `recorded_metrics`)."""
     mtime_ns: int | None = None
     """Modification time; places a checkpoint without a step among the others."""
+    recognized: bool = True
+    """False: not a checkpoint stalwart can check (a look-alike); never deleted."""
 
 
 class Keep(enum.Enum):
@@ -88,6 +90,7 @@ class Keep(enum.Enum):
     CORRUPT = "corrupt: quarantine it, retention does not delete it"
     QUARANTINED = "quarantined: deleted only on request"
     STAGING = "staging: removed at start"
+    UNRECOGNIZED = "not a checkpoint stalwart can check: never deleted"
 
 
 @dataclass(frozen=True)
@@ -205,6 +208,8 @@ def plan_retention(
         reason: Keep | None = None
         if item is newest_verified:
             reason = Keep.NEWEST_VERIFIED
+        elif not item.recognized:
+            reason = Keep.UNRECOGNIZED
         elif item.pinned:
             reason = Keep.PINNED
         elif asked:
