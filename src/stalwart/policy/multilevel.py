@@ -122,7 +122,7 @@ class TierPlan:
 
     def __post_init__(self) -> None:
         _check("memory_interval_s", self.memory_interval_s)
-        if isinstance(self.durable_every, bool) or not 1 <= self.durable_every:
+        if isinstance(self.durable_every, bool) or self.durable_every < 1:
             raise ValueError(f"durable_every must be a whole number >= 1, got {self.durable_every}")
 
     @property
@@ -278,17 +278,19 @@ def golden_minimum(function: Callable[[float], float], low: float, high: float) 
     return math.exp((a + b) / 2.0)
 
 
-def numeric_plan(costs: TierCosts, rates: TierRates, patience: int = 8) -> TierOptimum:
+def numeric_plan(
+    costs: TierCosts, rates: TierRates, patience: int = 8, max_every: int = MAX_DURABLE_EVERY
+) -> TierOptimum:
     """The plan of least `pattern_waste_fraction`, found without the formulas.
 
     For each k = 1, 2, ... the best tau1 by golden-section search in (0, 1/L]; k goes up
     until the best has not improved for `patience` steps and k is past twice the best
-    (the waste is unimodal in k).
+    (the waste is unimodal in k), or to `max_every` (1: the best one-tier interval).
     """
     bound_s = 1.0 / rates.total_per_s
     best: TierOptimum | None = None
     k = 0
-    while k < MAX_DURABLE_EVERY:
+    while k < max_every:
         k += 1
 
         def waste(tau_s: float, k: int = k) -> float:
@@ -364,6 +366,7 @@ class TierRateEstimator:
 
     def __init__(
         self,
+        *,
         prior_memory_mtbf_s: float = 86400.0,
         prior_machine_mtbf_s: float = 7 * 86400.0,
         prior_weight_failures: float = 1.0,
