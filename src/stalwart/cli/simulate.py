@@ -10,6 +10,11 @@ intervals (Daly's exact model, and simulated where cheap), and the fixed interva
 of least simulated waste. `--scenario llama3` takes the failure rate Meta reported
 for Llama 3 405B pre-training and says where each figure comes from.
 
+With `--tiers 2` (and `--process-mtbf-h`, `--machine-mtbf-h`, `--memory-cost-s`) it
+compares one checkpoint tier with two (memory and durable) on a mix of process failures
+and machine losses: the waste of each at its analytic optimum, the exact model's
+numeric optimum and the optimum the simulation locates (`stalwart.sim.multilevel`).
+
 The engine is `stalwart.sim.engine`; the failure processes `stalwart.sim.failure_models`;
 the cluster-size study, its presets and its table `stalwart.sim.scaling`.
 The plot needs matplotlib (the optional extra `stalwart[plot]`), imported only then.
@@ -25,6 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from stalwart.policy.interval import IntervalConfig
+from stalwart.policy.multilevel import TierCosts
 from stalwart.sim.engine import (
     Scenario,
     SimulationResult,
@@ -41,6 +47,7 @@ from stalwart.sim.failure_models import (
     WeibullFailures,
     load_trace,
 )
+from stalwart.sim.multilevel import TwoTierScenario, compare, format_tier_table
 from stalwart.sim.scaling import (
     PRESETS,
     ClusterStudy,
@@ -56,6 +63,10 @@ HOUR_S = 3600.0
 DEFAULT_MTBF_H = 8.0
 DEFAULT_CKPT_S = 120.0
 DEFAULT_RESTART_S = 600.0
+DEFAULT_RUNS = 200
+TIER_RUNS = 1000
+"""Runs with --tiers 2 unless --runs says: the two-tier optimum is flat, and fewer runs
+leave its location in the noise."""
 CLUSTER_FIXED_MIN = (30.0,)
 """The fixed interval the cluster table contrasts with Daly's unless --fixed-min says."""
 
@@ -128,7 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--restart-cost-s", type=_nonnegative, help=f"restart R (default {DEFAULT_RESTART_S:g})"
     )
     parser.add_argument("--work-h", type=_positive, default=168.0, help="compute the job needs")
-    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument(
+        "--runs", type=int, help=f"default {DEFAULT_RUNS}; with --tiers 2: {TIER_RUNS}"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--fixed-min",
@@ -165,6 +178,29 @@ def build_parser() -> argparse.ArgumentParser:
         "(2,048 nodes of 8): sets the node MTBF, the nodes (unless --nodes) and C (unless "
         "--ckpt-cost-s)",
     )
+    tiers = parser.add_argument_group(
+        "two tiers",
+        "A memory tier (tmpfs) that survives process failures and a durable one (disk, "
+        "remote) that survives machine loss: every k-th save durable (cost --ckpt-cost-s), "
+        "the others to memory (--memory-cost-s); each save blocks training. Prints one tier "
+        "(Daly's interval for the combined rate) against two (Benoit et al. 2017), with the "
+        "analytic, numeric and simulated optimum of each. Uses --ckpt-cost-s, "
+        "--restart-cost-s, --work-h, --runs, --seed.",
+    )
+    tiers.add_argument(
+        "--tiers", type=int, choices=(1, 2), default=1, help="2: compare one tier with two"
+    )
+    tiers.add_argument(
+        "--process-mtbf-h",
+        type=_positive,
+        help="mean time between failures that leave the machine standing (crash, OOM, hang)",
+    )
+    tiers.add_argument(
+        "--machine-mtbf-h",
+        type=_positive,
+        help="mean time between machine losses (reboot, preemption, a node gone)",
+    )
+    tiers.add_argument("--memory-cost-s", type=_positive, help="save cost C1 to the memory tier")
     return parser
 
 
@@ -336,15 +372,70 @@ def _main_cluster(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     return 0
 
 
+# --- two tiers ------------------------------------------------------------------------
+
+TIER_OPTIONS = ("--process-mtbf-h", "--machine-mtbf-h", "--memory-cost-s")
+
+
+def _main_tiers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    for option in TIER_OPTIONS:
+        if getattr(args, option[2:].replace("-", "_")) is None:
+            parser.error(f"--tiers 2 needs {option}")
+    for option, given in (
+        ("--nodes", args.nodes is not None),
+        ("--node-mtbf-h", args.node_mtbf_h is not None),
+        ("--scenario", args.scenario is not None),
+        ("--mtbf-h", args.mtbf_h is not None),
+        ("--failures", args.failures != "poisson"),
+        ("--trace", args.trace is not None),
+        ("--fixed-min", args.fixed_min is not None),
+        ("--plot", args.plot is not None),
+        ("--prior-mtbf-h", args.prior_mtbf_h is not None),
+        ("--half-life-h", args.half_life_h is not None),
+        ("--ckpt-jitter", args.ckpt_jitter != 0.0),
+    ):
+        if given:
+            parser.error(
+                f"{option} does not apply to --tiers 2 (Poisson process failures and machine "
+                "losses: --process-mtbf-h, --machine-mtbf-h)"
+            )
+    try:
+        scenario = TwoTierScenario(
+            costs=TierCosts(
+                memory_ckpt_s=args.memory_cost_s,
+                durable_ckpt_s=_or(args.ckpt_cost_s, DEFAULT_CKPT_S),
+                restart_s=_or(args.restart_cost_s, DEFAULT_RESTART_S),
+            ),
+            process_mtbf_s=args.process_mtbf_h * HOUR_S,
+            machine_mtbf_s=args.machine_mtbf_h * HOUR_S,
+            work_s=args.work_h * HOUR_S,
+            runs=args.runs,
+            seed=args.seed,
+        )
+    except ValueError as exc:
+        print(f"stalwart simulate: {exc}", file=sys.stderr)
+        return 2
+    print(format_tier_table(compare(scenario)))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """`stalwart simulate`: print the waste table (and draw it with --plot), or with --nodes
-    or --scenario the cluster-size table. 0, or 2 on misuse."""
+    """`stalwart simulate`: print the waste table (and draw it with --plot), with --nodes
+    or --scenario the cluster-size table, with --tiers 2 one tier against two. 0, or 2
+    on misuse."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.failures == "trace" and args.trace is None:
         parser.error("--failures trace needs --trace FILE")
+    if args.runs is None:
+        args.runs = TIER_RUNS if args.tiers == 2 else DEFAULT_RUNS
     if args.runs < 1:
         parser.error("--runs must be >= 1")
+    if args.tiers == 2:
+        return _main_tiers(parser, args)
+    for option in TIER_OPTIONS:
+        if getattr(args, option[2:].replace("-", "_")) is not None:
+            parser.error(f"{option} needs --tiers 2")
     if args.nodes is not None or args.node_mtbf_h is not None or args.scenario is not None:
         return _main_cluster(parser, args)
     if args.mtbf_h is None:

@@ -434,9 +434,14 @@ def format_tier_table(comparison: TierComparison) -> str:
         "tau1); its waste: that of the best plan swept",
         width=100,
     )
+    lines += textwrap.wrap(
+        f"two tiers / one tier, simulated at the analytic plans: waste {ratio:.3f} "
+        f"±{ratio_error:.3f}; lost work + saving (restarts excluded) {controlled:.3f} "
+        f"±{controlled_error:.3f}",
+        width=100,
+        subsequent_indent="  ",
+    )
     lines += [
-        f"two tiers / one tier (simulated, analytic plans): waste {ratio:.3f} ±{ratio_error:.3f}; "
-        f"lost work + saving (restarts excluded) {controlled:.3f} ±{controlled_error:.3f}",
         "analytic vs simulated optimum: one tier "
         f"{_deviation(one.analytic.plan.memory_interval_s, one.optimum.memory_interval_s)}; "
         "two tiers: memory "
