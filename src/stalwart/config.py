@@ -17,6 +17,8 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from stalwart.checkpoint.config import CheckpointConfig
 from stalwart.errors import ConfigError
+from stalwart.metrics.config import MetricsConfig
+from stalwart.notify.config import NotifyConfig
 from stalwart.policy.classify import ClassifyConfig
 from stalwart.policy.hang import HangConfig
 from stalwart.policy.launcher import SIGNAL_FLAGS, TORCHRUN_FORWARDED_SIGNALS, LauncherConfig
@@ -107,6 +109,10 @@ class JobConfig(Section):
     chaos: ChaosConfig = ChaosConfig()
     launcher: LauncherConfig = LauncherConfig()
     """How `command` is started: as is, or as the workers of a torchrun agent."""
+    notify: NotifyConfig = NotifyConfig()
+    """Notifications through apprise (Slack, Discord, Teams, email, ntfy, webhooks)."""
+    metrics: MetricsConfig = MetricsConfig()
+    """Prometheus metrics: an endpoint to scrape, a textfile for node_exporter."""
 
     @field_validator("name")
     @classmethod

@@ -20,13 +20,16 @@ from stalwart.supervisor.state import logger
 class ActionsMixin(EndingMixin, LaunchMixin):
     """Carries out the core's actions."""
 
-    def feed(self, event: ev.Event) -> None:
-        queue: deque[ev.Event] = deque([event])
+    def feed(self, first: ev.Event) -> None:
+        queue: deque[ev.Event] = deque([first])
         while queue:
-            for action in self.core.handle(queue.popleft()):
+            event = queue.popleft()
+            for action in self.core.handle(event):
+                self.observer.on_action(action)
                 reply = self._carry_out(action)
                 if reply is not None:
                     queue.append(reply)
+            self.observer.on_event(event)
 
     def _carry_out(self, action: ev.ActionT) -> ev.Event | None:
         now_s = self.clock.monotonic()

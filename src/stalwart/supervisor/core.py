@@ -119,6 +119,7 @@ class Supervisor(
             logger.warning("no control socket (%s); `stalwart status` reads the journal", exc)
         else:
             self._selector.register(self._control.sock, selectors.EVENT_READ, self._on_control)
+        self.observer.start()
         # Set up: from here a journal that fails (disk full, read-only) is logged, not fatal.
         self.journal.survive_failures()
 
@@ -147,7 +148,7 @@ class Supervisor(
 
     def _teardown(self, previous: dict[int, Callable[..., object] | int | None]) -> None:
         """Every cleanup runs, whatever an earlier one raised (each failure is logged)."""
-        steps: list[Callable[[], object]] = [self._leave_no_trainer]
+        steps: list[Callable[[], object]] = [self._leave_no_trainer, self.observer.close]
         if self.keeper is not None:
             steps.append(self.keeper.stop_observer)
         steps += [self._close_resume_thread, self._scheduler.shutdown, self._close_remote]

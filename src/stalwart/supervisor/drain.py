@@ -75,6 +75,7 @@ class DrainMixin(LaunchMixin):
                 self._on_resume_prepared(event)
             elif isinstance(event, WriteObserved):
                 self._on_observed_write(event)
+                self.observer.observed(event)
             elif isinstance(event, UploadResult):
                 self._on_upload(event)
             elif isinstance(event, RetentionDone):

@@ -62,6 +62,7 @@ class NotifyMixin(SupervisorState):
             if attempt.ready_s is None:
                 self._on_first_step(attempt, now_s - attempt.started_s)
             attempt.hang.heartbeat(now_s, step, rank)
+            self.observer.heartbeat(step, now_s)
         elif "READY" in fields and rank is not None:
             attempt.hang.rank_started(now_s, rank)
         elif "READY" in fields:
@@ -115,6 +116,14 @@ class NotifyMixin(SupervisorState):
         attempt.ckpt_step = None
         attempt.reported_saves = True
         attempt.produced_checkpoint = True
+        self.observer.saved(
+            attempt.number,
+            step=step,
+            path=str(done) if done is not None else None,
+            size_bytes=size if isinstance(size, int) else None,
+            stall_s=number("CKPT_STALL_S"),
+            persist_s=number("CKPT_PERSIST_S"),
+        )
         self.advice.set_interval(decision.interval_s)
         self._after_save(size if isinstance(size, int) else None)
         self._upload(str(done) if done is not None else None)

@@ -53,6 +53,7 @@ from stalwart.preemption import (
 )
 from stalwart.remote import RemoteMirror, UploadResult
 from stalwart.supervisor.keeper import CheckpointKeeper, RetentionDone
+from stalwart.supervisor.observing import LoopObserver
 from stalwart.supervisor.pacing import Pacer
 from stalwart.types import Classification, ExitCode, ExitStatus
 
@@ -179,6 +180,8 @@ class SupervisorState:
         self._mirror: RemoteMirror | None = None
         self._emergency_upload: str | None = None
         """Name of the checkpoint uploaded urgently during a preemption drain."""
+        self.observer = LoopObserver(self)
+        """Notifications and metrics (`notify`, `metrics`): told at the loop's event points."""
 
     @property
     def machine(self) -> StateMachine:
