@@ -32,6 +32,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
+MEMORY_DIR_ENV = "STALWART_MEMORY_DIR"
+"""The memory tier the supervisor keeps for the job (checkpoint/tiers.py)."""
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL_S = 1800.0
@@ -72,6 +75,10 @@ class Client:
         self.attempt = int(env.get("STALWART_ATTEMPT", "0") or 0)
         self.ckpt_dir = Path(env["STALWART_CKPT_DIR"]) if env.get("STALWART_CKPT_DIR") else None
         self.resume_from = env.get("STALWART_RESUME_FROM", "") or None
+        self.memory_dir = Path(env[MEMORY_DIR_ENV]) if env.get(MEMORY_DIR_ENV) else None
+        """The memory tier the supervisor keeps for this job (None: disk only)."""
+        self.memory_tier = False
+        """A Checkpointer writes the memory tier: memory_interval_s paces saves too."""
         self._notify_path = env.get("STALWART_NOTIFY_SOCKET", "")
         self._advice_path = env.get("STALWART_ADVICE_FILE", "")
         # Under torchrun every worker heartbeats for itself: the supervisor tracks each rank
@@ -88,9 +95,11 @@ class Client:
             "checkpoint_now": 0,
             "drain": False,
             "deadline_unix": None,
+            "memory_interval_s": None,
         }
         self._acked_checkpoint_now = 0
         self._last_save_s = clock()
+        self._last_memory_save_s = -float("inf")
         self._saved_since_drain = False
         self._dump_file: IO[str] | None = None
         dump_dir = env.get("STALWART_DUMP_DIR", "")
@@ -151,9 +160,13 @@ class Client:
         persist_s: float | None = None,
         size_bytes: int | None = None,
         path: str | os.PathLike[str] | None = None,
+        tier: str | None = None,
     ) -> None:
-        """Report a finished save: the time training was blocked, and until it was durable."""
+        """Report a finished save: the time training was blocked, and until it was durable
+        (for `tier="memory"`: committed in the memory tier)."""
         fields: dict[str, object] = {}
+        if tier is not None:
+            fields["CKPT_TIER"] = tier
         if math.isfinite(stall_s):
             fields["CKPT_STALL_S"] = f"{max(stall_s, 0.0):.6f}"
         if persist_s is not None and math.isfinite(persist_s):
@@ -203,8 +216,27 @@ class Client:
         self._read_advice()
         return bool(self._advice["drain"])
 
+    @property
+    def memory_interval_s(self) -> float | None:
+        """The advised memory-tier interval (None: the supervisor keeps no memory tier)."""
+        self._read_advice()
+        value = self._advice.get("memory_interval_s")
+        return float(value) if isinstance(value, int | float) and value > 0 else None
+
     def should_checkpoint(self, step: int, now_s: float | None = None) -> bool:
-        """True at a step boundary where a save is due: interval elapsed, asked for, or draining."""
+        """True at a step boundary where a save is due: interval elapsed, asked for, or
+        draining; with a memory tier (`memory_tier`), also its shorter interval."""
+        now = self._clock() if now_s is None else now_s
+        if self.durable_due(now):
+            return True
+        memory_s = self.memory_interval_s if self.memory_tier else None
+        if memory_s is None:
+            return False
+        return now >= max(self._last_save_s, self._last_memory_save_s) + memory_s
+
+    def durable_due(self, now_s: float | None = None) -> bool:
+        """Whether a save now must reach the durable tier: its interval elapsed, a save was
+        asked for (`stalwart checkpoint`), or a drain is on (the machine may go away)."""
         self._read_advice()
         now = self._clock() if now_s is None else now_s
         if int(self._advice["checkpoint_now"]) > self._acked_checkpoint_now:
@@ -225,15 +257,26 @@ class Client:
         size_bytes: int | None = None,
         path: str | os.PathLike[str] | None = None,
         now_s: float | None = None,
+        tier: str | None = None,
     ) -> None:
-        """Record a completed (durable) save; reports its costs when given."""
-        self._last_save_s = self._clock() if now_s is None else now_s
-        self._acked_checkpoint_now = int(self._advice["checkpoint_now"])
-        if self._advice["drain"]:
-            self._saved_since_drain = True
+        """Record a completed save (durable; or, `tier="memory"`, in the memory tier only);
+        reports its costs when given."""
+        now = self._clock() if now_s is None else now_s
+        if tier == "memory":
+            self._last_memory_save_s = now
+        else:
+            self._last_save_s = now
+            self._acked_checkpoint_now = int(self._advice["checkpoint_now"])
+            if self._advice["drain"]:
+                self._saved_since_drain = True
         if stall_s is not None:
             self.checkpoint_done(
-                step, stall_s=stall_s, persist_s=persist_s, size_bytes=size_bytes, path=path
+                step,
+                stall_s=stall_s,
+                persist_s=persist_s,
+                size_bytes=size_bytes,
+                path=path,
+                tier=tier,
             )
 
     def should_exit(self) -> bool:

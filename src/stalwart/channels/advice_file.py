@@ -19,6 +19,8 @@ class Advice:
     """Save, then exit 0."""
     deadline_unix: float | None = None
     """When the machine goes away (preemption), if known."""
+    memory_interval_s: float | None = None
+    """Advised time between saves to the memory tier (None: no memory tier)."""
 
 
 def write_advice(path: Path, advice: Advice) -> None:
@@ -50,6 +52,10 @@ class AdviceBoard:
     def set_interval(self, interval_s: float) -> None:
         if interval_s != self.advice.interval_s:
             self._update(interval_s=interval_s)
+
+    def set_memory_interval(self, interval_s: float | None) -> None:
+        if interval_s != self.advice.memory_interval_s:
+            self._update(memory_interval_s=interval_s)
 
     def request_checkpoint(self) -> None:
         self._update(checkpoint_now=self.advice.checkpoint_now + 1)

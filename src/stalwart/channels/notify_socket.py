@@ -25,7 +25,7 @@ SO_TIMESTAMP = 29
 SCM_TIMESTAMP = SO_TIMESTAMP
 INT_KEYS = frozenset({"READY", "STEP", "CKPT_BEGIN", "CKPT_BYTES", "DONE", "RANK", "PEER_DRAIN"})
 FLOAT_KEYS = frozenset({"CKPT_STALL_S", "CKPT_PERSIST_S"})
-TEXT_KEYS = frozenset({"STATUS", "CKPT_DONE"})
+TEXT_KEYS = frozenset({"STATUS", "CKPT_DONE", "CKPT_TIER"})
 KNOWN_KEYS = INT_KEYS | FLOAT_KEYS | TEXT_KEYS
 MAX_INT = 2**63 - 1
 """Integers are steps, byte counts and ranks: 0..MAX_INT (what an SQLite INTEGER holds)."""

@@ -18,10 +18,12 @@ import socket
 import subprocess
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 
 from stalwart import paths
 from stalwart.channels.control_socket import ControlServer
 from stalwart.channels.notify_socket import NotifySocket
+from stalwart.checkpoint import tiers
 from stalwart.errors import UsageError
 from stalwart.host import process
 from stalwart.journal import Journal
@@ -93,16 +95,27 @@ class Supervisor(
             remote_pointer.write_text(f"{self.config.checkpoint.remote.url}\n")
         else:
             remote_pointer.unlink(missing_ok=True)
+        self.memory_dir = self._open_memory_tier()
+        memory = self.config.checkpoint.memory
         self.pacer = Pacer(
             self.config.checkpoint.interval,
             self.journal,
             self.config.name,
             self.run_record.run_id,
             self.clock,
+            memory=memory.interval_config(self.config.checkpoint.interval)
+            if self.memory_dir is not None
+            else None,
+            on_memory_interval=self.advice.set_memory_interval,
         )
         self.advice.set_interval(self.pacer.interval_s)
         self.keeper = CheckpointKeeper(
-            self.config.checkpoint, self.ckpt_dir, self.journal, self.run_record.run_id, self.clock
+            self.config.checkpoint,
+            self.ckpt_dir,
+            self.journal,
+            self.run_record.run_id,
+            self.clock,
+            memory_root=self.memory_dir,
         )
         self._replay_poison_history()
         self.advice.publish_to(runtime / "advice.json")
@@ -122,6 +135,32 @@ class Supervisor(
         self.observer.start()
         # Set up: from here a journal that fails (disk full, read-only) is logged, not fatal.
         self.journal.survive_failures()
+
+    def _open_memory_tier(self) -> Path | None:
+        """The job's memory tier (checkpoint.memory), created; None when off or unusable."""
+        memory = self.config.checkpoint.memory
+        if not memory.enabled:
+            return None
+        where = tiers.job_memory_dir(memory.dir, self.config.name, self.state_dir)
+        try:
+            tiers.create_memory_dir(where)
+        except OSError as exc:
+            logger.warning(
+                "%s: no memory tier: cannot create %s (%s); checkpoints go to disk only; "
+                "fix checkpoint.memory.dir",
+                self.config.name,
+                where,
+                exc.strerror or exc,
+            )
+            return None
+        if not tiers.is_tmpfs(where):
+            logger.warning(
+                "%s: the memory tier %s is not on a tmpfs: its saves cost disk writes",
+                self.config.name,
+                where,
+            )
+        logger.info("%s: memory tier in %s", self.config.name, where)
+        return where
 
     def _install_signals(self) -> dict[int, Callable[..., object] | int | None]:
         reader, writer = socket.socketpair()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import signal
 
+from stalwart.checkpoint import tiers
 from stalwart.host import process
 from stalwart.host.resources import memory_at_limit, oom_killed_since
 from stalwart.host.trainer_process import Trainer
@@ -144,6 +145,20 @@ class EndingMixin(SupervisorState):
         self._flush_deferred()
         self.exit_code = finish.code
         self.final_message = finish.message
+        memory = self.memory_dir
+        if memory is not None:
+            # Completed, gave up, or stopped after a durable save: the memory tier holds
+            # nothing a later run needs. A stop without one keeps it (it is newer than the
+            # disk), and so does a supervisor that crashed.
+            if finish.completed or finish.gave_up or tiers.covered_by_disk(memory, self.ckpt_dir):
+                tiers.remove_memory_dir(memory)
+            else:
+                logger.warning(
+                    "%s: keeping the memory tier %s: it holds a newer checkpoint than %s",
+                    self.config.name,
+                    memory,
+                    self.ckpt_dir,
+                )
         if finish.completed:
             self.journal.end_run(self.run_record.run_id, RunStatus.COMPLETED, self.clock.wall())
         elif finish.gave_up:

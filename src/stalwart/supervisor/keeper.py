@@ -40,6 +40,7 @@ from stalwart.checkpoint import (
 from stalwart.checkpoint.config import CheckpointConfig
 from stalwart.checkpoint.frameworks import repair_for_resume
 from stalwart.checkpoint.layout import QUARANTINE_DIR
+from stalwart.checkpoint.tiers import newer_decision
 from stalwart.clock import Clock
 from stalwart.journal import Journal, QuarantineRecord
 
@@ -86,9 +87,12 @@ class CheckpointKeeper:
         clock: Clock,
         *,
         ops: FsOps | None = None,
+        memory_root: Path | None = None,
     ) -> None:
         self.config = config
         self.root = root
+        self.memory_root = memory_root
+        """The job's memory tier (checkpoint/tiers.py), searched too when resuming."""
         self._journal = journal
         self._run_id = run_id
         self._clock = clock
@@ -133,6 +137,10 @@ class CheckpointKeeper:
                 exclude=self.excluded,
             )
             self._stuck_leftovers = decision.stuck_leftovers
+            if self.memory_root is not None and self.memory_root.is_dir():
+                # No verify cache: a memory checkpoint is hashed in full every time (fast).
+                in_memory = prepare_resume(self.memory_root, ops=self._ops, exclude=self.excluded)
+                decision = newer_decision(decision, in_memory)
         for repair in repairs:
             logger.warning("%s", repair.describe())
             if repair.quarantined is not None:
@@ -170,6 +178,18 @@ class CheckpointKeeper:
         in memory instead (never resumed from again by this supervisor), journaled with
         an empty destination, and None is returned.
         """
+        memory = self.memory_root
+        if memory is not None and (memory / name).exists():
+            # The same step in the memory tier is the same state: never resumed from either.
+            try:
+                with self.lock:
+                    self._record(quarantine(memory, name, reason, detail=detail, ops=self._ops))
+            except OSError as exc:
+                with self.lock:
+                    self.excluded = self.excluded | {name}
+                logger.error("cannot quarantine %s in the memory tier: %s", name, exc)
+            if not (self.root / name).exists():
+                return memory / QUARANTINE_DIR
         try:
             with self.lock:
                 moved = quarantine(self.root, name, reason, detail=detail, ops=self._ops)

@@ -10,12 +10,31 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 
 from stalwart.clock import Clock
 from stalwart.journal import CheckpointRecord, IntervalRecord, Journal
 from stalwart.policy.estimators import ExposureRecord, SaveSample
 from stalwart.policy.interval import IntervalConfig, IntervalDecision, IntervalModel
 from stalwart.types import ExitKind
+
+MEMORY_SOURCE = "trainer-memory"
+"""A save committed in the memory tier (its journal record's source)."""
+MACHINE_LOSS_KINDS = (ExitKind.PREEMPTED,)
+"""With a memory tier: the failures only the durable tier recovers (the machine is gone)."""
+PROCESS_KINDS = tuple(
+    sorted(
+        (
+            ExitKind.OOM,
+            ExitKind.HANG,
+            ExitKind.INFRA,
+            ExitKind.UNKNOWN,
+            ExitKind.CHECKPOINT_CORRUPT,
+        ),
+        key=lambda kind: kind.value,
+    )
+)
+"""With a memory tier: the failures the memory tier recovers (relaunched on this host)."""
 
 logger = logging.getLogger(__name__)
 
@@ -31,20 +50,56 @@ def _duration(value_s: float | None) -> float | None:
 
 class Pacer:
     def __init__(
-        self, config: IntervalConfig, journal: Journal, name: str, run_id: str, clock: Clock
+        self,
+        config: IntervalConfig,
+        journal: Journal,
+        name: str,
+        run_id: str,
+        clock: Clock,
+        *,
+        memory: IntervalConfig | None = None,
+        on_memory_interval: Callable[[float | None], None] | None = None,
     ) -> None:
+        """`memory`: the memory tier's interval config (None: no memory tier). With one,
+        the durable interval counts only machine losses and the memory interval the rest
+        (each Young/Daly on its own cost and rate, the first-order form of the multi-level
+        model); `on_memory_interval` hears every memory-interval change."""
         self._journal = journal
         self._run_id = run_id
         self._clock = clock
         self._ignored_logged = False
         attempts = journal.job_attempts(name)
         decisions = journal.interval_decisions(name)
+        saves = journal.checkpoints(name)
+        if memory is not None:
+            config = config.model_copy(update={"failure_kinds": MACHINE_LOSS_KINDS})
         # History written before values were checked at the boundary may hold inf or < 0.
+        self.memory_model: IntervalModel | None = None
+        self._on_memory_interval = on_memory_interval
+        self.memory_interval_s: float | None = None
+        if memory is not None:
+            self.memory_model = IntervalModel.from_history(
+                memory.model_copy(update={"failure_kinds": PROCESS_KINDS}),
+                saves=[
+                    SaveSample(_duration(c.stall_s), _duration(c.persist_s))
+                    for c in saves
+                    if c.source == MEMORY_SOURCE
+                ],
+                restarts_s=[r for a in attempts if (r := _duration(a.ready_s)) is not None],
+                exposures=[
+                    ExposureRecord(
+                        _duration(a.uptime_s) or 0.0, (ExitKind(a.kind),) if a.kind else ()
+                    )
+                    for a in attempts
+                ],
+            )
+            self._memory_decide(0.0)
         self.model = IntervalModel.from_history(
             config,
             saves=[
                 SaveSample(_duration(c.stall_s), _duration(c.persist_s))
-                for c in journal.checkpoints(name)
+                for c in saves
+                if c.source != MEMORY_SOURCE
             ],
             restarts_s=[r for a in attempts if (r := _duration(a.ready_s)) is not None],
             exposures=[
@@ -115,7 +170,8 @@ class Pacer:
         source: str,
         running_exposure_s: float,
     ) -> IntervalDecision:
-        """A save was reported (trainer) or observed (directory watcher)."""
+        """A save was reported (trainer; `MEMORY_SOURCE`: to the memory tier) or observed
+        (directory watcher)."""
         stall_s = self._usable("a save's stall time", stall_s)
         persist_s = self._usable("a save's persist time", persist_s)
         self._journal.add_checkpoint(
@@ -132,7 +188,9 @@ class Pacer:
             )
         )
         if stall_s is not None or persist_s is not None:
-            self.model.observe_save(stall_s=stall_s, persist_s=persist_s)
+            model = self.memory_model if source == MEMORY_SOURCE else self.model
+            if model is not None:
+                model.observe_save(stall_s=stall_s, persist_s=persist_s)
         return self.recompute(running_exposure_s)
 
     def on_remote_persist(self, persist_s: float) -> IntervalDecision:
@@ -147,13 +205,35 @@ class Pacer:
         usable = self._usable("a restart time", ready_s)
         if usable is not None:
             self.model.observe_restart(usable)
+            if self.memory_model is not None:
+                self.memory_model.observe_restart(usable)
         return self.recompute(usable or 0.0)
 
     def on_attempt_end(self, uptime_s: float, kind: ExitKind) -> IntervalDecision:
-        self.model.observe_run(self._usable("an attempt's uptime", uptime_s) or 0.0, (kind,))
+        uptime = self._usable("an attempt's uptime", uptime_s) or 0.0
+        self.model.observe_run(uptime, (kind,))
+        if self.memory_model is not None:
+            self.memory_model.observe_run(uptime, (kind,))
         return self.recompute(0.0)
 
     def recompute(self, running_exposure_s: float) -> IntervalDecision:
-        decision = self.model.decide(self._usable("a running exposure", running_exposure_s) or 0.0)
+        running = self._usable("a running exposure", running_exposure_s) or 0.0
+        decision = self.model.decide(running)
         self._record(decision)
+        self._memory_decide(running)
         return decision
+
+    def _memory_decide(self, running_exposure_s: float) -> None:
+        """The memory tier's interval, never longer than the durable one."""
+        if self.memory_model is None:
+            return
+        decision = self.memory_model.decide(running_exposure_s)
+        interval_s = decision.interval_s
+        if hasattr(self, "decision"):
+            interval_s = min(interval_s, self.decision.interval_s)
+        if interval_s != self.memory_interval_s:
+            if decision.changed or self.memory_interval_s is None:
+                logger.info("memory-tier interval %.2f s (%s)", interval_s, decision.reason)
+            self.memory_interval_s = interval_s
+            if self._on_memory_interval is not None:
+                self._on_memory_interval(interval_s)

@@ -6,6 +6,7 @@ import selectors
 
 from stalwart.host.trainer_process import Trainer
 from stalwart.policy import events as ev
+from stalwart.supervisor.pacing import MEMORY_SOURCE
 from stalwart.supervisor.state import (
     SupervisorState,
     Timer,
@@ -102,6 +103,7 @@ class NotifyMixin(SupervisorState):
 
         done = fields.get("CKPT_DONE")
         size = fields.get("CKPT_BYTES")
+        in_memory = fields.get("CKPT_TIER") == "memory" and self.memory_dir is not None
         step = attempt.ckpt_step if attempt.ckpt_step is not None else attempt.hang.last_step
         decision = self.pacer.on_save(
             attempt=attempt.number,
@@ -110,10 +112,9 @@ class NotifyMixin(SupervisorState):
             size_bytes=size if isinstance(size, int) else None,
             stall_s=number("CKPT_STALL_S"),
             persist_s=number("CKPT_PERSIST_S"),
-            source="trainer",
+            source=MEMORY_SOURCE if in_memory else "trainer",
             running_exposure_s=attempt.uptime_s(),
         )
-        attempt.ckpt_step = None
         attempt.reported_saves = True
         attempt.produced_checkpoint = True
         self.observer.saved(
@@ -125,5 +126,8 @@ class NotifyMixin(SupervisorState):
             persist_s=number("CKPT_PERSIST_S"),
         )
         self.advice.set_interval(decision.interval_s)
+        if in_memory:
+            return  # the same save's disk report (if any) follows; it keeps the step
+        attempt.ckpt_step = None
         self._after_save(size if isinstance(size, int) else None)
         self._upload(str(done) if done is not None else None)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stalwart import paths
+from stalwart.checkpoint.tiers import MEMORY_DIR_ENV, MEMORY_FRACTION_ENV
 from stalwart.errors import UsageError
 from stalwart.host import process
 from stalwart.host.trainer_process import Trainer
@@ -113,6 +114,9 @@ class LaunchMixin(SupervisorState):
             STALWART_DUMP_DIR=str(self.dump_dir),
             **self.role.env(),
         )
+        if self.memory_dir is not None:
+            env[MEMORY_DIR_ENV] = str(self.memory_dir)
+            env[MEMORY_FRACTION_ENV] = str(self.config.checkpoint.memory.max_memory_fraction)
         return env
 
     def _prepare_resume(self) -> ev.Event | None:

@@ -19,6 +19,7 @@ import socket
 import sys
 from collections import deque
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import BinaryIO
 
 from stalwart import paths
@@ -65,8 +66,15 @@ LOOP_TICK_S = 1.0
 CHAOS_REASON = "injected by chaos"
 RECOMPUTE_INTERVAL = "recompute-interval"
 """Event posted by the scheduler: time to re-decide the checkpoint interval."""
-CLEARED_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
-"""systemd's variables are the supervisor's, not the trainer's."""
+CLEARED_ENV = (
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "STALWART_MEMORY_DIR",
+    "STALWART_MEMORY_FRACTION",
+)
+"""systemd's variables are the supervisor's, not the trainer's; an inherited memory tier is
+not this job's (it is set again when this job keeps one)."""
 
 
 class Timer(enum.Enum):
@@ -127,6 +135,8 @@ class SupervisorState:
         self.advice = AdviceBoard(config.checkpoint.interval.fixed_interval_s)
         self.pacer: Pacer | None = None
         self.keeper: CheckpointKeeper | None = None
+        self.memory_dir: Path | None = None
+        """This job's memory tier (checkpoint.memory), when kept."""
         self._retention_running = False
         self._retention_again = False
         self.poison = PoisonTracker(

@@ -4,9 +4,10 @@ asynchronous saves at the advised interval, emergency saves, safe bitwise restor
 Importing `stalwart` never imports torch; only this package does.
 """
 
-from stalwart.torch.checkpointer import Busy, Checkpointer, SaveOutcome, Stateful
+from stalwart.torch.checkpointer import Checkpointer, Stateful
 from stalwart.torch.errors import NotATorchCheckpoint, StateMismatch, UnsafeCheckpoint
 from stalwart.torch.files import LoadedCheckpoint, read_checkpoint
+from stalwart.torch.outcome import Busy, SaveOutcome
 from stalwart.torch.sampler import ResumableSampler
 
 __all__ = [

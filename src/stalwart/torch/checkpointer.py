@@ -14,19 +14,17 @@ A save snapshots the state to CPU memory, then writes and commits it through the
 checkpoint store in a background thread. The snapshot overlaps training: the small state is
 copied at once, parameters and optimizer state while the next forward and backward run,
 and training waits only at the next optimizer step (or `step_end`) if that copy is not done
-yet (overlap.py). At most one save is in flight. The background thread's failure is raised
-at the next Checkpointer call.
+yet (overlap.py). At most one save is in flight; its failure is raised at the next call.
+With the supervisor's memory tier, saves go to memory first, to disk on its own interval.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 import os
 import signal
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -45,12 +43,13 @@ from stalwart.client import Client
 from stalwart.torch import rng
 from stalwart.torch import sharded as sharded_mod
 from stalwart.torch.background import Background
-from stalwart.torch.errors import StateMismatch
 from stalwart.torch.files import LoadedCheckpoint, read_checkpoint
 from stalwart.torch.fit import state_mismatch
+from stalwart.torch.memory_tier import Commits, MemoryTier
+from stalwart.torch.outcome import Busy, SaveOutcome, resolve_store
 from stalwart.torch.overlap import TornSnapshot
 from stalwart.torch.signals import SignalRequests
-from stalwart.torch.strategies import LocalSaves, SaveStrategy, ShardedSaves, dcp_optimizer
+from stalwart.torch.strategies import LocalSaves, SaveStrategy, ShardedSaves
 
 logger = logging.getLogger(__name__)
 
@@ -62,56 +61,6 @@ class Stateful(Protocol):
     def state_dict(self) -> Any: ...
 
     def load_state_dict(self, state_dict: Any, /) -> Any: ...
-
-
-class Busy(enum.Enum):
-    """What a save requested while the previous one is still being written does."""
-
-    WAIT = "wait"
-    """Block until the previous save is durable, then snapshot (the wait counts as stall)."""
-    SKIP = "skip"
-    """Skip this save and log it."""
-
-
-@dataclass(frozen=True)
-class SaveOutcome:
-    """A save that became durable, with what it cost."""
-
-    step: int
-    committed: Committed
-    stall_s: float
-    """Time the training loop was blocked by this save."""
-    persist_s: float
-    """From the request until the checkpoint was durable."""
-
-    @property
-    def path(self) -> Path:
-        return self.committed.path
-
-    @property
-    def size_bytes(self) -> int:
-        return self.committed.manifest.total_bytes
-
-
-def _resolve_store(
-    store: CheckpointStore | None, ckpt_dir: str | os.PathLike[str] | None, env: Mapping[str, str]
-) -> CheckpointStore:
-    if store is not None:
-        return store
-    if env.get("STALWART_CKPT_DIR"):
-        resolved = CheckpointStore.from_env(env)
-        if ckpt_dir is not None and Path(ckpt_dir).resolve() != resolved.root.resolve():
-            logger.info(
-                "checkpointing to %s (STALWART_CKPT_DIR, set by the supervisor), not %s",
-                resolved.root,
-                ckpt_dir,
-            )
-        return resolved
-    if ckpt_dir is None:
-        raise ValueError(
-            "no checkpoint directory: pass ckpt_dir= (or store=), or run under `stalwart run`"
-        )
-    return CheckpointStore(Path(ckpt_dir))
 
 
 class Checkpointer:
@@ -146,6 +95,7 @@ class Checkpointer:
         sharded: bool | None = None,
         environ: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        memory_tier: bool = True,
     ) -> None:
         """
         model, optimizer, scheduler, scaler, data: what is saved; any but the model may be
@@ -178,6 +128,7 @@ class Checkpointer:
             its shards, committed as one checkpoint (default: when torch.distributed is
             initialized with more than one rank). Every rank then calls every method at
             the same step; the ranks agree when to save, when to exit and where to resume.
+        memory_tier: use the supervisor's memory tier, if it keeps one (memory_tier.py).
         """
         env = os.environ if environ is None else environ
         self.model = model
@@ -201,9 +152,19 @@ class Checkpointer:
             sharded = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         ranks = sharded_mod.Ranks() if sharded else None
         local_rank = int(env.get("LOCAL_RANK", "0") or 0)
-        self.store = _resolve_store(store, ckpt_dir, env)
+        self.store = resolve_store(store, ckpt_dir, env)
         self._owns_client = client is None
         self.client = client if client is not None else Client(env)
+        self.memory: MemoryTier | None = None
+        """The memory tier this process writes, if the supervisor keeps one."""
+        if memory_tier and self.client.memory_dir is not None and ranks is None:
+            self.memory = MemoryTier(
+                self.client.memory_dir,
+                fraction=float(env.get("STALWART_MEMORY_FRACTION", "") or 0.25),
+                run_id=self.client.run_id,
+                attempt=self.client.attempt,
+            )
+            self.client.memory_tier = True
         self.async_save = async_save
         self.busy = Busy(busy)
         if snapshot not in ("overlap", "block"):
@@ -228,6 +189,7 @@ class Checkpointer:
         """Where one process and the ranks of a sharded job differ."""
         self._requested_step: int | None = None
         """The step of the newest save started (or restored); a failed save resets it."""
+        self._requested_durable = True  # that save goes to disk, not to memory alone
         self._durable_step: int | None = None
         self._last_durable_s = clock()
         self._exiting = False
@@ -237,6 +199,7 @@ class Checkpointer:
         """Overlapped saves discarded because a tensor changed in place during the copy."""
         self.last_saved: SaveOutcome | None = None
         """The newest save that became durable in this process."""
+        self.last_in_memory: SaveOutcome | None = None  # the newest in the memory tier
         self.restored_from: Path | None = None
         """The checkpoint `restore` loaded, if any."""
 
@@ -288,7 +251,7 @@ class Checkpointer:
         )
         logger.info("%s at step %d: saving, then exiting", why, step)
         self._collect(wait=True)
-        if self._requested_step != step:
+        if self._requested_step != step or not self._requested_durable:
             self.save(step, wait=True)
         self._exiting = True
         if self._signals.exit_signal is None and not self.client.drain:
@@ -297,11 +260,27 @@ class Checkpointer:
             self.client.send(PEER_DRAIN=1)
 
     def save(self, step: int, *, wait: bool = False) -> bool:
-        """Save the state as of `step` now; False if skipped (`busy="skip"`, or `step` was
-        saved already). With `wait` (or `async_save=False`) it returns once durable."""
+        """Save the state as of `step` now, to the durable tier (and the memory tier, if
+        kept); False if skipped (`busy="skip"`, or `step` was saved already). With `wait`
+        (or `async_save=False`) it returns once durable."""
+        return self._save(step, wait=wait, durable=True)
+
+    def _stateful(self) -> list[Any]:
+        return [self.model, *self.components.values()]
+
+    def _save_due(self, step: int) -> bool:
+        """A save the intervals asked for: to memory alone unless the durable one is due."""
+        durable = self.memory is None or (
+            self.client.durable_due()
+            if self.client.supervised
+            else self._due(step)  # standalone: interval_s
+        )
+        return self._save(step, wait=False, durable=durable)
+
+    def _save(self, step: int, *, wait: bool, durable: bool) -> bool:
         started_s = self._clock()
         self._collect(wait=False)
-        if step == self._requested_step:
+        if step == self._requested_step and (self._requested_durable or not durable):
             if wait:
                 self._collect(wait=True)
             return False
@@ -316,8 +295,14 @@ class Checkpointer:
             self._collect(wait=True)
         in_background = self.async_save and not wait
         overlap = self.snapshot == "overlap" and not self._retake
-        complete = self._saves.begin(self, step, background=in_background, overlap=overlap)
+        # A step the memory tier has already (saved there alone) now goes to disk only.
+        memory = self._memory_store() if step != self._requested_step else None
+        durable = durable or memory is None
+        complete = self._saves.begin(
+            self, step, background=in_background, overlap=overlap, memory=memory, durable=durable
+        )
         self._retake = False
+        self._requested_durable = durable
         if in_background:
             stall_s = self._clock() - started_s
             self._background.start(lambda: self._outcome(step, complete, started_s, stall_s))
@@ -326,29 +311,59 @@ class Checkpointer:
             self._report(self._outcome(step, complete, started_s, None))
         return True
 
+    def _memory_store(self) -> CheckpointStore | None:
+        """The memory tier's store for this save, if kept and the snapshot fits."""
+        if self.memory is None or not self.memory.admits(self._saves, self._stateful()):
+            self.client.memory_tier = False
+            return None
+        return self.memory.store
+
     def _outcome(
         self,
         step: int,
-        complete: Callable[[], Committed],
+        complete: Callable[[], Committed | Commits],
         started_s: float,
         stall_s: float | None,
     ) -> SaveOutcome:
-        committed = complete()
+        done = complete()
+        commits = done if isinstance(done, Commits) else Commits(disk=done, memory=None)
         persist_s = self._clock() - started_s
+        memory_persist_s = (
+            commits.memory_done_s - started_s if commits.memory_done_s is not None else None
+        )
+        committed = commits.disk or commits.memory
+        assert committed is not None
         return SaveOutcome(
             step=step,
             committed=committed,
             stall_s=persist_s if stall_s is None else stall_s,
-            persist_s=persist_s,
+            persist_s=persist_s if commits.disk is not None else (memory_persist_s or persist_s),
+            tier="disk" if commits.disk is not None else "memory",
+            memory=commits.memory,
+            memory_persist_s=memory_persist_s,
         )
 
     def _report(self, outcome: SaveOutcome) -> None:
-        self.last_saved = outcome
-        self._requested_step = self._durable_step = outcome.step
-        self._last_durable_s = self._clock()
         # Every rank restarts its interval clock; one rank per node reports the costs, so
         # its supervisor records the save once.
         reports = self._saves.reports_costs
+        self._requested_step = outcome.step
+        if outcome.memory is not None:
+            self.last_in_memory = outcome
+            self.client.saved(
+                outcome.step,
+                stall_s=outcome.stall_s if reports else None,
+                persist_s=outcome.memory_persist_s,
+                size_bytes=outcome.memory.manifest.total_bytes,
+                path=outcome.memory.path,
+                tier="memory",
+            )
+            logger.debug("checkpoint %s in the memory tier", outcome.memory.name)
+        if outcome.tier == "memory":
+            return
+        self.last_saved = outcome
+        self._durable_step = outcome.step
+        self._last_durable_s = self._clock()
         self.client.saved(
             outcome.step,
             stall_s=outcome.stall_s if reports else None,
@@ -415,17 +430,9 @@ class Checkpointer:
         return loaded.step
 
     def _restore_sharded(self, source: Path) -> int:
-        optimizer = dcp_optimizer(self.components)
-        sharded_mod.load_shards(source, self._saves.ranks, self.model, optimizer)
-        step, state = sharded_mod.read_rank_state(source, self._saves.rank)
-        wanted = [name for name, obj in self.components.items() if obj is not optimizer]
-        absent = [name for name in (*wanted, "rng") if name not in state]
-        if absent:
-            problems = [f"{name}: not in the checkpoint" for name in absent]
-            raise StateMismatch(source.name, components=problems)
-        for name in wanted:
-            self.components[name].load_state_dict(state[name])
-        rng.restore(state["rng"])
+        step = sharded_mod.restore_all(
+            source, self._saves.ranks, self._saves.rank, self.model, self.components
+        )
         self._requested_step = self._durable_step = step
         self.restored_from = source
         logger.info("restored step %d from %s (sharded)", step, source)

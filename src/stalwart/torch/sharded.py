@@ -60,7 +60,8 @@ from stalwart.checkpoint.layout import checkpoint_name, parse_step
 from stalwart.checkpoint.manifest import FileEntry
 from stalwart.checkpoint.seal import seal
 from stalwart.checkpoint.verify import quick_check, read_manifest
-from stalwart.torch.errors import UnsafeCheckpoint
+from stalwart.torch import rng
+from stalwart.torch.errors import StateMismatch, UnsafeCheckpoint
 from stalwart.torch.tree import flatten, unflatten
 
 logger = logging.getLogger(__name__)
@@ -454,3 +455,24 @@ def read_rank_state(path: Path, rank: int) -> tuple[int, dict[str, Any]]:
     if not isinstance(state, dict):
         raise CheckpointInvalid(name, skeleton_file, Defect.FORMAT_INVALID, "not a mapping")
     return step, state
+
+
+def restore_all(
+    source: Path, ranks: Ranks | None, rank: int, model: torch.nn.Module, components: Any
+) -> int:
+    """Load a sharded checkpoint into the model, the DCP optimizer and every other
+    component of this rank; returns its step. Raises StateMismatch for missing state."""
+    from stalwart.torch.strategies import dcp_optimizer
+
+    optimizer = dcp_optimizer(components)
+    load_shards(source, ranks, model, optimizer)
+    step, state = read_rank_state(source, rank)
+    wanted = [name for name, obj in components.items() if obj is not optimizer]
+    absent = [name for name in (*wanted, "rng") if name not in state]
+    if absent:
+        problems = [f"{name}: not in the checkpoint" for name in absent]
+        raise StateMismatch(source.name, components=problems)
+    for name in wanted:
+        components[name].load_state_dict(state[name])
+    rng.restore(state["rng"])
+    return step

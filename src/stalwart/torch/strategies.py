@@ -19,11 +19,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
-from stalwart.checkpoint import CheckpointStore, Committed
+from stalwart.checkpoint import CheckpointStore, Committed, Transaction
 from stalwart.client import Client
 from stalwart.torch import rng
 from stalwart.torch import sharded as sharded_mod
 from stalwart.torch.files import FORMAT, FORMAT_NAME, SavePlan, write_checkpoint
+from stalwart.torch.memory_tier import Commits, abort_all, write_tiers
 from stalwart.torch.overlap import OverlappedCopy
 from stalwart.torch.signals import SignalRequests
 from stalwart.torch.tree import SnapshotBuffers, copy_into, flatten, for_direct_write
@@ -48,8 +49,12 @@ class Host(Protocol):
     _signals: SignalRequests
     _retake: bool
     """A torn snapshot was discarded: save again at the next step, copying at once."""
+    _clock: Callable[[], float]
 
     def save(self, step: int, *, wait: bool = False) -> bool: ...
+
+    def _save_due(self, step: int) -> bool:
+        """A save the intervals asked for (to the memory tier alone unless disk is due)."""
 
     def _drain(self, step: int) -> None:
         """Save synchronously (unless this step is saved already), then leave."""
@@ -83,11 +88,19 @@ class SaveStrategy(Protocol):
         """Whether the previous save is still being written here (or on any rank)."""
 
     def begin(
-        self, host: Host, step: int, *, background: bool, overlap: bool
-    ) -> Callable[[], Committed]:
+        self,
+        host: Host,
+        step: int,
+        *,
+        background: bool,
+        overlap: bool,
+        memory: CheckpointStore | None = None,
+        durable: bool = True,
+    ) -> Callable[[], Committed | Commits]:
         """Start a save of the state as of `step` (snapshot it when in the `background`,
         parameters and optimizer state in the background too with `overlap`); the function
-        returned completes it and returns the committed checkpoint."""
+        returned completes it and returns the committed checkpoint (or, with a `memory`
+        tier, what each tier committed; `durable` False: the memory tier alone)."""
 
     def settle(self, *, block: bool) -> bool:
         """Training thread: finish the overlapped copy in flight where the state would
@@ -155,37 +168,56 @@ class LocalSaves:
         if host._leaving():
             host._drain(step)
             return True
-        asked = host._signals.take_save_request()
-        if asked or host._retake or host._due_now(step):
-            host.save(step)
+        if host._signals.take_save_request():
+            host.save(step)  # asked for: durable
+        elif host._retake or host._due_now(step):
+            host._save_due(step)  # the intervals: memory alone unless the disk's is due
         return False
 
     def any_busy(self, busy: bool) -> bool:
         return busy
 
     def begin(
-        self, host: Host, step: int, *, background: bool, overlap: bool
-    ) -> Callable[[], Committed]:
+        self,
+        host: Host,
+        step: int,
+        *,
+        background: bool,
+        overlap: bool,
+        memory: CheckpointStore | None = None,
+        durable: bool = True,
+    ) -> Callable[[], Committed | Commits]:
         self.settle(block=True)  # the previous copy is done (its save was collected)
         self._void = False
-        tx = host.store.begin(step, meta={"format": f"{FORMAT_NAME}/{FORMAT}"})
+        meta = {"format": f"{FORMAT_NAME}/{FORMAT}"}
+        txs: list[tuple[str, Transaction]] = []
         try:
+            if memory is not None:
+                txs.append(("memory", memory.begin(step, meta=meta)))
+            if durable or memory is None:
+                txs.append(("disk", host.store.begin(step, meta=meta)))
             plan, copy = self._plan(host, step, copy=background, overlap=overlap)
         except BaseException:
-            tx.abort()
+            abort_all(txs)
             raise
         host.client.checkpoint_begin(step)
+
+        def write_all() -> Committed | Commits:
+            if memory is None:
+                return write_checkpoint(txs[0][1], plan)
+            return write_tiers(txs, lambda tx: write_checkpoint(tx, plan), host._clock)
+
         if copy is None:
-            return lambda: write_checkpoint(tx, plan)
+            return write_all
         self._pending = copy
 
-        def complete() -> Committed:
+        def complete() -> Committed | Commits:
             try:
                 copy.run()
             except BaseException:
-                tx.abort()
+                abort_all(txs)
                 raise
-            return write_checkpoint(tx, plan)
+            return write_all()
 
         return complete
 
@@ -347,8 +379,16 @@ class ShardedSaves:
         return busy
 
     def begin(
-        self, host: Host, step: int, *, background: bool, overlap: bool
-    ) -> Callable[[], Committed]:
+        self,
+        host: Host,
+        step: int,
+        *,
+        background: bool,
+        overlap: bool,
+        memory: CheckpointStore | None = None,
+        durable: bool = True,
+    ) -> Callable[[], Committed | Commits]:
+        """The memory tier is not kept for sharded saves: `memory` is never given here."""
         shards = sharded_mod.dcp_state(host.model, dcp_optimizer(host.components))
         own = sharded_mod.capture_rank_state(step, self._rank_state(host), copy=background)
         host.client.checkpoint_begin(step)
