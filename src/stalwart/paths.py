@@ -25,6 +25,9 @@ def state_dir(name: str, configured: Path | None, environ: Mapping[str, str]) ->
 
 
 SYSTEM_STATE_ROOT = Path("/var/lib/stalwart")
+"""The service's state dirs (systemd StateDirectory=stalwart/<name>)."""
+SYSTEM_STATE_ROOT_ENV = "STALWART_SYSTEM_STATE_ROOT"
+"""Puts SYSTEM_STATE_ROOT elsewhere (a service installed under another prefix; tests)."""
 RUNTIME_POINTER = "runtime_dir"
 """A file in the state dir naming the runtime dir, so `stalwart status` finds the sockets."""
 
@@ -39,10 +42,27 @@ def find_state_dir(name: str, configured: Path | None, environ: Mapping[str, str
     """The state dir of an existing job: like `state_dir`, then the systemd location."""
     if configured is not None or environ.get("STATE_DIRECTORY"):
         return state_dir(name, configured, environ)
-    for candidate in (Path.cwd() / ".stalwart" / name, SYSTEM_STATE_ROOT / name):
+    for candidate in (Path.cwd() / ".stalwart" / name, system_state_root(environ) / name):
         if (candidate / JOURNAL_NAME).exists():
             return candidate
     return state_dir(name, configured, environ)
+
+
+def system_state_root(environ: Mapping[str, str]) -> Path:
+    return Path(environ.get(SYSTEM_STATE_ROOT_ENV) or SYSTEM_STATE_ROOT)
+
+
+def known_state_dirs(environ: Mapping[str, str], cwd: Path | None = None) -> list[tuple[str, Path]]:
+    """(name, state dir) of every job in the standard locations, the service's first, then
+    `<cwd>/.stalwart/*`: each directory there that holds a journal. Unreadable: skipped."""
+    found: list[tuple[str, Path]] = []
+    for root in (system_state_root(environ), (cwd or Path.cwd()) / ".stalwart"):
+        try:
+            names = sorted(os.listdir(root))
+        except OSError:
+            continue
+        found += [(n, root / n) for n in names if (root / n / JOURNAL_NAME).is_file()]
+    return found
 
 
 def _pointer(state: Path, name: str) -> Path | None:

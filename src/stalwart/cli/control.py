@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from stalwart import paths
-from stalwart.channels import control_socket
+from stalwart.cli import status_all
 from stalwart.cli.tables import fmt_bytes, fmt_time
 from stalwart.errors import UsageError
 from stalwart.journal import Journal
-
-logger = logging.getLogger("stalwart")
 
 
 def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -26,21 +23,20 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         ("checkpoint", "ask the trainer for a checkpoint at its next step"),
     ):
         sub = commands.add_parser(command, help=text)
-        sub.add_argument("name", nargs="?", default="default", help="job name")
+        every = " (none: every job on this machine, one line each)" if command == "status" else ""
+        sub.add_argument("name", nargs="?", help=f"job name, default 'default'{every}")
         sub.add_argument("--state-dir", type=Path, help="state directory of the job")
         sub.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def cmd_control(args: argparse.Namespace) -> int:
     """status / stop / checkpoint: ask the running supervisor; fall back to the journal."""
+    if args.name is None:
+        if args.command == "status" and args.state_dir is None:
+            return status_all.cmd_status_all(args)
+        args.name = "default"
     state = paths.find_state_dir(args.name, args.state_dir, os.environ)
-    runtime = paths.recorded_runtime_dir(state)
-    snapshot: dict[str, Any] | None = None
-    if runtime is not None and (runtime / "control.sock").exists():
-        try:
-            snapshot = control_socket.request(runtime / "control.sock", args.command)
-        except (OSError, ValueError) as exc:
-            logger.debug("control socket unavailable: %s", exc)
+    snapshot = status_all.live_snapshot(state, args.command)
     if snapshot is None:
         journal_path = paths.job_journal(args.name, state)
         if args.command != "status":
