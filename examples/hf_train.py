@@ -1,9 +1,10 @@
 """A Hugging Face Trainer job with stalwart's one-line integration.
 
     export HF_HUB_OFFLINE=1
-    stalwart run --set "checkpoint.foreign_globs=['checkpoint-*']" --ckpt-dir out \\
-        -- python examples/hf_train.py --out out
-    stalwart checkpoints best --dir out --glob 'checkpoint-*' --metric eval_loss
+    stalwart run --ckpt-dir out -- python examples/hf_train.py --out out
+    stalwart checkpoints best --dir out --metric eval_loss
+
+stalwart finds the Trainer's `checkpoint-N/` directories in out on its own.
 
 It is an ordinary Trainer script that resumes with `get_last_checkpoint(output_dir)`.
 `StalwartCallback()` adds what the supervisor can use: heartbeats (also during

@@ -1,8 +1,9 @@
 """A PyTorch Lightning job with stalwart's one-line integration.
 
-    stalwart run --set "checkpoint.foreign_globs=['*.ckpt']" --ckpt-dir ckpt \\
-        -- python examples/lightning_train.py --dir ckpt
-    stalwart checkpoints best --dir ckpt --glob '*.ckpt' --metric val_loss
+    stalwart run --ckpt-dir ckpt -- python examples/lightning_train.py --dir ckpt
+    stalwart checkpoints best --dir ckpt --metric val_loss
+
+stalwart finds the `*.ckpt` files (and the `last.ckpt` alias) in ckpt on its own.
 
 It is an ordinary Lightning script: a ModelCheckpoint with `save_last=True` and
 `fit(ckpt_path="last")`, so it resumes by itself. `StalwartCallback()` adds what the

@@ -45,11 +45,11 @@ def _resumed_after_tear(tmp_path: Path) -> tuple[dict[str, object], int]:
 def test_unmodified_script_survives_chaos_and_a_checkpoint_without_trainer_state(
     tmp_path: Path, runtime_dir: Path
 ) -> None:
+    """No `foreign_globs`: the checkpoint-N/ directories are found on their own."""
     result = run(
         tmp_path,
         runtime_dir,
         [
-            "--set", GLOBS,
             "--chaos",
             "--set", "chaos.kill_after_min_s=1",
             "--set", "chaos.kill_after_max_s=3",
@@ -75,6 +75,7 @@ def test_unmodified_script_survives_chaos_and_a_checkpoint_without_trainer_state
 def test_unmodified_script_resumes_over_a_truncated_optimizer_state(
     tmp_path: Path, runtime_dir: Path
 ) -> None:
+    # Declared by glob (narrowing), as before auto-detection.
     result = run(
         tmp_path, runtime_dir, ["--set", GLOBS], _script(tmp_path, "--tear", "optimizer@10")
     )

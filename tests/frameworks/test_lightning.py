@@ -25,13 +25,13 @@ def test_unmodified_script_survives_chaos_and_a_torn_last_ckpt(
     tmp_path: Path, runtime_dir: Path
 ) -> None:
     """Needs `repair_for_resume` wired into the keeper: without it the torn last.ckpt is
-    quarantined and Lightning silently starts the next attempt from step 0."""
+    quarantined and Lightning silently starts the next attempt from step 0. No
+    `foreign_globs`: the *.ckpt files are found on their own."""
     record = tmp_path / "run.jsonl"
     result = run(
         tmp_path,
         runtime_dir,
         [
-            "--set", GLOBS,
             "--chaos",
             "--set", "chaos.kill_after_min_s=1",
             "--set", "chaos.kill_after_max_s=3",
