@@ -59,7 +59,8 @@ class CheckpointConfig(Section):
     min_free_bytes: int = Field(default=0, ge=0)
     """Prune oldest eligible checkpoints (and warn) when free space falls below this."""
     foreign_globs: list[str] = []
-    """Top-level names of checkpoints written without stalwart (e.g. 'checkpoint-*', '*.ckpt')."""
+    """Top-level names of checkpoints written without stalwart (e.g. 'model_*.pt'). Empty:
+    the known layouts are found on their own (Lightning *.ckpt, HF checkpoint-N, DCP)."""
     adopt_foreign: bool = True
     """Write a manifest beside a stable, format-valid foreign checkpoint, so it verifies fully."""
     observe: bool = True

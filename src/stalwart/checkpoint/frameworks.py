@@ -102,8 +102,9 @@ def repair_for_resume(
 ) -> list[Repair]:
     """Before discovery, while no trainer runs: restore broken framework aliases.
 
-    Only aliases matched by `foreign_globs` (the checkpoints the job declared) are looked
-    at. An alias that is intact, or whose format stalwart cannot check, is left alone.
+    Only aliases among the foreign checkpoints are looked at (matched by `foreign_globs`,
+    or when empty found on their own: detection.py). An alias that is intact, or whose
+    format stalwart cannot check, is left alone.
     Pass discovery's cache: the verdicts found here are then not computed twice.
     """
     ops = ops or FsOps()

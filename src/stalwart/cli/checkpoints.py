@@ -53,7 +53,12 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         sub.add_argument("name", nargs="?", default="default", help="job name")
         sub.add_argument("--dir", type=Path, help="checkpoint directory (instead of a job name)")
         sub.add_argument("--state-dir", type=Path, help="state directory of the job")
-        sub.add_argument("--glob", action="append", default=[], help="foreign checkpoint glob")
+        sub.add_argument(
+            "--glob",
+            action="append",
+            default=[],
+            help="foreign checkpoint glob (default: the known framework layouts)",
+        )
         if action in ("list", "verify"):
             sub.add_argument("--full", action="store_true", help="check every digest (slow)")
         if action in ("list", "pull"):
