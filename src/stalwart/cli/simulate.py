@@ -64,7 +64,7 @@ DEFAULT_MTBF_H = 8.0
 DEFAULT_CKPT_S = 120.0
 DEFAULT_RESTART_S = 600.0
 DEFAULT_RUNS = 200
-TIER_RUNS = 1000
+TIER_RUNS = 2000
 """Runs with --tiers 2 unless --runs says: the two-tier optimum is flat, and fewer runs
 leave its location in the noise."""
 CLUSTER_FIXED_MIN = (30.0,)

@@ -172,7 +172,8 @@ def pattern_waste_fraction(plan: TierPlan, costs: TierCosts, rates: TierRates) -
         Q   = R + E_1 + m(R) e^(L R),      E_(k+1) = 0,
 
     with L = l1 + l2, a_j the segment's length and m(a) = E[F; F < a]. Each E_j is
-    affine in Q; solved backward from E_(k+1), then for E_1. The waste is
+    affine in Q; solved backward from E_(k+1) (the k - 1 like segments at once), then
+    for E_1. The waste is
     E_1 / (k tau1) - 1; for k = 1 it is Daly's exact model at the combined rate.
     """
     tau_s, k = plan.memory_interval_s, plan.durable_every
@@ -190,18 +191,30 @@ def pattern_waste_fraction(plan: TierPlan, costs: TierCosts, rates: TierRates) -
     p0 = (survive_restart * restart_s + before_restart_s) / denominator
     p1 = survive_restart / denominator
     pq = (1.0 - survive_restart) * share2 / denominator
-    alpha_s, beta = 0.0, 0.0  # E_(j+1) = alpha + beta Q
-    for segment in range(k, 0, -1):
-        length_s = tau_s + (costs.durable_ckpt_s if segment == k else costs.memory_ckpt_s)
+    # E_(j+1) = alpha + beta Q. Each segment maps (alpha, beta) affinely: x -> A + r x
+    # with the same r for both; the k - 1 memory segments are one map applied k - 1
+    # times, in closed form, so the waste costs the same for any k.
+    alpha_s, beta = 0.0, 0.0
+    for length_s, times in (
+        (tau_s + costs.durable_ckpt_s, 1),
+        (tau_s + costs.memory_ckpt_s, k - 1),
+    ):
+        if times == 0:
+            continue
         survive = math.exp(-rate * length_s)
-        fail = 1.0 - survive
+        fail = -math.expm1(-rate * length_s)
         scale = 1.0 - fail * share1 * p1
-        alpha_s = (
-            survive * (length_s + alpha_s)
-            + _failure_time_before(rate, length_s)
-            + fail * share1 * p0
+        shift_alpha_s = (
+            survive * length_s + _failure_time_before(rate, length_s) + fail * share1 * p0
         ) / scale
-        beta = (survive * beta + fail * (share1 * pq + share2)) / scale
+        shift_beta = fail * (share1 * pq + share2) / scale
+        # r = survive / scale; 1 - r and log r computed without cancellation.
+        one_minus_r = fail * (1.0 - share1 * p1) / scale
+        log_r = -rate * length_s - math.log1p(-fail * share1 * p1)
+        r_n = math.exp(times * log_r)
+        sum_s = times if one_minus_r == 0.0 else -math.expm1(times * log_r) / one_minus_r
+        alpha_s = r_n * alpha_s + shift_alpha_s * sum_s
+        beta = r_n * beta + shift_beta * sum_s
     q0_s = restart_s + before_restart_s / survive_restart
     if beta >= 1.0:
         return math.inf

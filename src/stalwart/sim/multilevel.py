@@ -391,9 +391,8 @@ def format_tier_table(comparison: TierComparison) -> str:
     scenario = comparison.scenario
     costs, work_s = scenario.costs, scenario.work_s
     lines = [
-        f"process failures every {scenario.process_mtbf_s / HOUR_S:g} h (the memory tier "
-        f"recovers them), machine losses every {scenario.machine_mtbf_s / HOUR_S:g} h (only "
-        "the durable tier does)",
+        f"process failures every {scenario.process_mtbf_s / HOUR_S:g} h (memory recovers "
+        f"them), machine losses every {scenario.machine_mtbf_s / HOUR_S:g} h (only durable does)",
         f"C1 = {costs.memory_ckpt_s:g} s to memory, C2 = {costs.durable_ckpt_s:g} s durable, "
         f"R = {costs.restart_s:g} s; work {work_s / HOUR_S:g} h; {scenario.runs} runs, "
         f"seed {scenario.seed}",
