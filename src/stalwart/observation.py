@@ -67,6 +67,8 @@ class AttemptEnded:
     restart_budget_left: int
     work_lost_s: float
     """Training time since the attempt's last checkpoint (or its start): redone later."""
+    newest_checkpoint: str | None
+    """The newest checkpoint known to be intact (a relaunch resumes from it)."""
     now_unix: float
 
 

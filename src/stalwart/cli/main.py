@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from stalwart import __version__
-from stalwart.cli import checkpoints, control, history, report, run, systemd
+from stalwart.cli import checkpoints, control, history, notify, report, run, systemd
 from stalwart.errors import StalwartError
 
 logger = logging.getLogger("stalwart")
@@ -92,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     control.add_parsers(commands)
     checkpoints.add_parser(commands)
     report.add_parser(commands)
+    notify.add_parser(commands)
     commands.add_parser(
         "simulate",
         help="compare checkpoint strategies on simulated failures (see `stalwart simulate -h`)",
@@ -129,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return report.cmd_report(args)
         if args.command == "checkpoints":
             return checkpoints.run(args)
+        if args.command == "notify":
+            return notify.cmd_notify(args)
         return history.cmd_history(args)
     except StalwartError as exc:
         logger.error("%s", exc)

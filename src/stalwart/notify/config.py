@@ -8,6 +8,10 @@ from pydantic import Field, SecretStr
 
 from stalwart.policy.section import NonNegativeS, PositiveS, Section
 
+NOTIFY_POINTER = "notify.json"
+"""In the state dir: the job's notify section as configured (mode 0600), written by the
+supervisor at setup, for `stalwart notify test NAME`."""
+
 
 class NotifyEvent(enum.StrEnum):
     """What a notification can be about."""

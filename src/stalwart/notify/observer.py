@@ -21,8 +21,6 @@ from stalwart.notify.message import (
 from stalwart.notify.sender import Sender
 from stalwart.observation import (
     AttemptEnded,
-    AttemptStarted,
-    CheckpointSaved,
     JobEnded,
     JobInfo,
     Observer,
@@ -47,19 +45,10 @@ class NotifyObserver(Observer):
         self._limiter = RateLimiter(config.rate_limit_per_window, config.rate_window_s)
         self._job: JobInfo | None = None
         self._last_failure: AttemptEnded | None = None
-        self._newest: str | None = None
         self._completed = False
 
     def job_started(self, job: JobInfo) -> None:
         self._job = job
-
-    def attempt_started(self, started: AttemptStarted) -> None:
-        if started.resume_from:
-            self._newest = started.resume_from
-
-    def checkpoint_saved(self, saved: CheckpointSaved) -> None:
-        if saved.path:
-            self._newest = saved.path
 
     def _admit(self, event: NotifyEvent) -> int | None:
         if event not in self._events or self._job is None:
@@ -87,14 +76,13 @@ class NotifyObserver(Observer):
                     self._job,
                     event,
                     ended,
-                    self._newest,
+                    ended.newest_checkpoint,
                     tail_lines=self._config.tail_lines,
                     suppressed=suppressed,
                 )
             )
 
     def job_ended(self, ended: JobEnded) -> None:
-        newest = ended.newest_checkpoint or self._newest
         event = event_of_job(ended, self._completed)
         if event is None:
             return
@@ -104,7 +92,7 @@ class NotifyObserver(Observer):
                 job_message(
                     self._job,
                     event,
-                    JobEnded(ended.code, ended.message, newest, ended.now_unix),
+                    ended,
                     self._last_failure,
                     tail_lines=self._config.tail_lines,
                     suppressed=suppressed,

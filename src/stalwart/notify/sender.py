@@ -14,6 +14,7 @@ import os
 import queue
 import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,28 +74,33 @@ def build_targets(config: NotifyConfig, environ: Mapping[str, str]) -> list[Targ
     if not config.urls:
         return []
     try:
-        import apprise
+        # Some of apprise's plugins import modules Python deprecates (imghdr): theirs to fix.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import apprise
     except ImportError:
         raise UsageError(
             f"notify.urls is set but apprise is not installed: {INSTALL_HINT}"
         ) from None
-    logging.getLogger("apprise").setLevel(logging.ERROR)  # failures are logged here, once
+    logging.getLogger("apprise").setLevel(logging.CRITICAL)  # ours say it, without secrets
     targets = []
     for index, secret in enumerate(config.urls):
         key = f"notify.urls[{index}]"
         url = _resolve(key, secret.get_secret_value(), environ)
-        plugin: Any = apprise.Apprise.instantiate(url)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            plugin: Any = apprise.Apprise.instantiate(url)
         if plugin is None:
             raise UsageError(
                 f"{key}: apprise does not understand this URL (scheme {_scheme(url)}); "
                 "fix `notify.urls` (apprise's wiki lists the services and their URLs)"
             )
-        app = apprise.Apprise()
-        app.add(plugin)
 
-        def send(message: Message, app: Any = app) -> bool:
+        # The plugin itself, not an `Apprise` around it: it sends in the calling thread (ours)
+        # instead of apprise's process-wide pools, whose threads would outlive the sender.
+        def send(message: Message, plugin: Any = plugin) -> bool:
             return bool(
-                app.notify(body=message.body, title=message.title, notify_type=message.severity)
+                plugin.notify(body=message.body, title=message.title, notify_type=message.severity)
             )
 
         targets.append(Target(key, str(plugin.url(privacy=True)), send))
@@ -114,8 +120,9 @@ class Sender:
         self._targets = targets
         self._config = config
         self._queue: queue.Queue[Message | None] = queue.Queue(maxsize=config.queue_max)
-        self._closing = threading.Event()
-        self._wait = wait or self._closing.wait
+        self._deadline_s: float | None = None
+        """Set by `close`: no retry is started that would end after it."""
+        self._wait = wait or time.sleep
         self._lock = threading.Lock()
         self.counts: collections.Counter[tuple[str, str]] = collections.Counter()
         """(event, outcome) -> count; outcomes: sent, failed, dropped, suppressed."""
@@ -165,7 +172,10 @@ class Sender:
                 self.count(message.event.value, "sent")
                 logger.info("notified %s (%s)", target.key, message.event.value)
                 return
-            last = attempt == tries or self._closing.is_set()
+            deadline_s = self._deadline_s
+            last = attempt == tries or (
+                deadline_s is not None and time.monotonic() + delay_s >= deadline_s
+            )
             logger.warning(
                 "%s (%s): delivery of '%s' failed (try %d of %d): %s%s",
                 target.key,
@@ -185,7 +195,7 @@ class Sender:
     def close(self) -> None:
         """Deliver what is queued within `flush_timeout_s`, then leave (daemon thread)."""
         deadline_s = time.monotonic() + self._config.flush_timeout_s
-        self._closing.set()  # no more waits between retries: one last try each
+        self._deadline_s = deadline_s
         with contextlib.suppress(queue.Full):
             self._queue.put(None, timeout=self._config.flush_timeout_s)
         self._thread.join(max(deadline_s - time.monotonic(), 0.0))

@@ -35,9 +35,6 @@ from stalwart.policy.interval import IntervalDecision
 if TYPE_CHECKING:
     from stalwart.supervisor.state import SupervisorState
 
-NOTIFY_POINTER = "notify.json"
-"""In the state dir: the job's notify section, for `stalwart notify test NAME` (mode 0600)."""
-
 
 class LoopObserver:
     """Built empty with the supervisor; `start()` (at setup) builds what the config asks."""
@@ -59,6 +56,7 @@ class LoopObserver:
         try:
             counts = None
             if config.notify.urls:
+                from stalwart.notify.config import NOTIFY_POINTER
                 from stalwart.notify.observer import NotifyObserver
                 from stalwart.notify.sender import Sender, build_targets, write_private
 
@@ -178,6 +176,7 @@ class LoopObserver:
                     sup.config.restart.max_restarts - sup.policy.failures_in_window, 0
                 ),
                 work_lost_s=lost_s,
+                newest_checkpoint=self._newest,
                 now_unix=sup.clock.wall(),
             )
         )
@@ -200,6 +199,8 @@ class LoopObserver:
         if not self.sinks:
             return
         self._last_save_s[number] = self._sup.clock.monotonic()
+        if path is not None and path.isdigit():
+            path = None  # CKPT_DONE names the step when the trainer gave no path
         if path:
             self._newest = path
         now_unix = self._sup.clock.wall()
@@ -216,8 +217,9 @@ class LoopObserver:
         valid = event.format is not None and event.format.status is FormatStatus.VALID
         if event.kind is WriteKind.FOREIGN and not valid:
             return
+        self._newest = str(event.path)  # a report need not name its path
         if attempt.reported_saves:
-            self._sync()  # the trainer's own report said it already
+            self._sync()  # the trainer's own report told the rest already
             return
         self.saved(
             attempt.number,
