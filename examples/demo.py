@@ -86,8 +86,11 @@ def main() -> int:
     for a in attempts:
         ended = f"signal {a.signal}" if a.signal is not None else f"exit {a.exit_code}"
         resumed = Path(a.resume_from).name if a.resume_from else "scratch"
+        if a.resume_from:
+            on_disk = Path(a.resume_from).is_relative_to((DEMO / "checkpoints").resolve())
+            resumed += " (disk)" if on_disk else " (memory)"
         print(
-            f"   attempt {a.attempt}: from {resumed:15} ran {a.uptime_s or 0:5.1f} s, "
+            f"   attempt {a.attempt}: from {resumed:24} ran {a.uptime_s or 0:5.1f} s, "
             f"{ended:9} -> {a.kind}{'  (injected)' if 'chaos' in (a.reason or '') else ''}"
         )
     injected = sum("chaos" in (a.reason or "") for a in attempts)
@@ -102,8 +105,10 @@ def main() -> int:
         f"   faults injected {injected}, recovered {injected if result.returncode == 0 else 0}; "
         f"stalwart exit code {result.returncode}"
     )
+    in_memory = sum(c.source == "trainer-memory" for c in saves)
     print(
-        f"   checkpoints written {len(saves)}; advised interval "
+        f"   checkpoints written {len(saves) - in_memory} to disk, {in_memory} to memory; "
+        "advised disk interval "
         + " -> ".join(f"{d.interval_s:.1f} s" for d in decisions[-4:])
     )
     print(f"   work lost per crash (steps): {lost} (out of {STEPS})")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -259,3 +260,74 @@ def test_disk_full_in_background_raised_in_loop_previous_resumed(
     assert "checkpoint step-000000002, file model.safetensors: out of space" in report["raised"]
     assert report["resumed"] == 1
     assert [e.name for e in scan(tmp_path).managed] == ["step-000000001"]
+
+
+def _newest_in(tier: Path) -> Path | None:
+    found = sorted(p for p in tier.glob("*/step-*") if (p / "MANIFEST.json").exists())
+    return found[-1] if found else None
+
+
+@pytest.mark.timeout(240)
+def test_memory_tier_resumes_from_memory_from_disk_after_a_wipe_and_past_a_torn_one(
+    tmp_path: Path, runtime_dir: Path, reference: Reference
+) -> None:
+    """Kill 1: resume from memory. Kill 2 with the tier wiped (a reboot): from disk. Kill 3
+    with the memory checkpoint torn: it is quarantined, the resume comes from disk. The end
+    is bitwise the uninterrupted run's, and the tier is gone."""
+    ckpt_dir, log, shm = tmp_path / "ck", tmp_path / "log.jsonl", tmp_path / "shm"
+    argv = stalwart_argv(
+        "run", "--state-dir", str(tmp_path / "state"), "--ckpt-dir", str(ckpt_dir),
+        "--set", "restart.backoff_initial_s=0",
+        "--set", "checkpoint.interval.mode=fixed",
+        "--set", "checkpoint.interval.fixed_interval_s=0.3",
+        "--set", "checkpoint.memory.enabled=true",
+        "--set", f"checkpoint.memory.dir={shm}",
+        "--set", "checkpoint.memory.fixed_interval_s=0.05",
+        "--", sys.executable, str(EXAMPLE), *TINY,
+        "--log", str(log), "--out", str(tmp_path / "final.json"),
+    )  # fmt: skip
+    with (tmp_path / "output.txt").open("w") as output:
+        supervisor = subprocess.Popen(
+            argv, cwd=tmp_path, env=environment(runtime_dir), stdout=output, stderr=output
+        )
+        try:
+            for attempt, how in enumerate(("kill", "wipe", "tear")):
+                wait_for(lambda a=attempt: last_step(log, a) is not None, RUN_S / 4, "a step")
+                start = resumed_step(log, attempt)
+
+                def memory_ahead(start: int = start) -> bool:
+                    newest = _newest_in(shm)
+                    step = int(newest.name.split("-")[1]) if newest is not None else 0
+                    return step > max(start, newest_committed(ckpt_dir)) > 0
+
+                wait_for(memory_ahead, RUN_S / 4, f"attempt {attempt}: memory ahead of disk")
+                with Journal(tmp_path / "state" / "journal.sqlite") as journal:
+                    pid = journal.attempts()[-1].pid
+                assert pid is not None
+                os.kill(pid, signal.SIGSTOP)  # nothing is written while the tier is changed
+                newest = _newest_in(shm)
+                assert newest is not None
+                if how == "wipe":
+                    for path in shm.glob("*/*"):
+                        shutil.rmtree(path)
+                elif how == "tear":
+                    data = next(p for p in newest.glob("*.safetensors"))
+                    raw = bytearray(data.read_bytes())
+                    raw[len(raw) // 2] ^= 0xFF
+                    data.write_bytes(bytes(raw))
+                os.kill(pid, signal.SIGKILL)
+            assert supervisor.wait(timeout=RUN_S) == 0, (tmp_path / "output.txt").read_text()
+        finally:
+            if supervisor.poll() is None:
+                supervisor.kill()
+                supervisor.wait()
+    same_summary(json.loads((tmp_path / "final.json").read_text()), reference.summary)
+    for row in step_losses(log):
+        assert row["loss"] == reference.losses[row["step"]], row
+    with Journal(tmp_path / "state" / "journal.sqlite") as journal:
+        resumes = [a.resume_from or "" for a in journal.attempts()]
+        quarantined = journal.quarantines()
+    tiers = ["memory" if str(shm) in r else "disk" if r else "scratch" for r in resumes]
+    assert tiers == ["scratch", "memory", "disk", "disk"], resumes
+    assert any(str(shm) in q.source for q in quarantined), quarantined
+    assert not shm.exists()  # removed when the job completed
