@@ -155,3 +155,22 @@ def test_configured_but_not_installed_is_exit_2_with_the_extra_to_install(
     )
     assert out.returncode == 2, out.stderr
     assert hint in out.stderr
+
+
+def test_the_example_dashboard_uses_only_metrics_that_exist() -> None:
+    import json
+    import re
+
+    from prometheus_client import generate_latest
+
+    dashboard = json.loads(
+        (Path(__file__).resolve().parents[2] / "examples" / "grafana-dashboard.json").read_text()
+    )
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {n for e in exprs for n in re.findall(r"\bstalwart_[a-z_]+(?=[{\[(\s]|$)", e)}
+    metrics = JobMetrics("mj")
+    metrics.add_notification_counts(lambda: {("gave_up", "sent"): 1})
+    metrics.attempt_ended(ended(ExitKind.OOM))  # a labelled counter shows once it has one
+    exported = set(samples(generate_latest(metrics.registry).decode()))
+    names = {key.split("{")[0] for key in exported}
+    assert used - names == set(), used - names

@@ -12,8 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from stalwart import config
+from stalwart.errors import UsageError
 from stalwart.journal import Journal
 from stalwart.preemption.gcp import MAINTENANCE_PATH, PREEMPTED_PATH
+from stalwart.supervisor import Supervisor
 from tests.conftest import wait_for
 from tests.notify.collector import BlackHole, Collector, fields
 from tests.preemption.fake_metadata import FakeMetadata, Reply
@@ -60,13 +63,23 @@ def test_a_job_that_gives_up_notifies_once_with_the_cause(
     assert found["look further"] == f"stalwart history nj --state-dir {tmp_path / 'state'}"
 
 
-def test_a_job_that_completes_notifies_once(
+def test_a_job_that_completes_notifies_once_and_notify_test_sends_one(
     tmp_path: Path, runtime_dir: Path, collector: Collector
 ) -> None:
     done = run(tmp_path, runtime_dir, collector.url(), ["sh", "-c", "echo trained"])
     assert done.returncode == 0, done.stderr
     (post,) = collector.posts
     assert post["type"] == "success" and fields(post)["what happened"] == "training completed"
+    collector.posts.clear()
+    sent = subprocess.run(
+        stalwart_argv("notify", "test", "nj", "--state-dir", str(tmp_path / "state")),
+        cwd=tmp_path, env=environment(runtime_dir), capture_output=True, text=True, timeout=30,
+        check=False,
+    )  # fmt: skip
+    assert sent.returncode == 0, sent.stderr
+    assert "delivered to 1 of 1" in sent.stdout
+    (post,) = collector.posts
+    assert "test notification" in post["title"] and fields(post)["job"] == "nj"
 
 
 def test_a_preempted_job_notifies_once_with_the_checkpoint_it_resumes_from(
@@ -171,27 +184,20 @@ def test_an_unreachable_endpoint_never_delays_a_relaunch(tmp_path: Path, runtime
     assert "still undelivered" in notified.stderr  # they were stuck, and exit did not wait
 
 
-def test_a_url_apprise_does_not_understand_is_exit_2_naming_the_key(
-    tmp_path: Path, runtime_dir: Path
+def test_a_url_apprise_does_not_understand_is_a_usage_error_before_any_start(
+    tmp_path: Path,
 ) -> None:
-    done = run(tmp_path, runtime_dir, "slak://T0KEN/abc", ["true"])
-    assert done.returncode == 2
-    assert "notify.urls[0]: apprise does not understand" in done.stderr
-    assert "T0KEN" not in done.stderr
-    assert not (tmp_path / "state" / "journal.sqlite").exists() or "started" not in done.stderr
-
-
-def test_notify_test_sends_one_to_a_job_that_ran(
-    tmp_path: Path, runtime_dir: Path, collector: Collector
-) -> None:
-    assert run(tmp_path, runtime_dir, collector.url(), ["true"]).returncode == 0
-    collector.posts.clear()
-    sent = subprocess.run(
-        stalwart_argv("notify", "test", "nj", "--state-dir", str(tmp_path / "state")),
-        cwd=tmp_path, env=environment(runtime_dir), capture_output=True, text=True, timeout=30,
-        check=False,
-    )  # fmt: skip
-    assert sent.returncode == 0, sent.stderr
-    assert "delivered to 1 of 1" in sent.stdout
-    (post,) = collector.posts
-    assert "test notification" in post["title"] and fields(post)["job"] == "nj"
+    """A UsageError is exit 2 from `stalwart run` (the CLI's contract); raised in setup."""
+    job = config.validate(
+        {
+            "command": ["true"],
+            "state_dir": str(tmp_path / "state"),
+            "notify": {"urls": ["slak://T0KEN/abc"]},
+        },
+        "test",
+    )
+    with pytest.raises(UsageError, match=r"notify\.urls\[0\]: apprise does not understand") as e:
+        Supervisor(job, environ={"XDG_RUNTIME_DIR": str(tmp_path)}).run()
+    assert "T0KEN" not in str(e.value)
+    with Journal(tmp_path / "state" / "journal.sqlite") as journal:
+        assert journal.attempts() == []  # nothing started
