@@ -108,8 +108,7 @@ def main() -> int:
     in_memory = sum(c.source == "trainer-memory" for c in saves)
     print(
         f"   checkpoints written {len(saves) - in_memory} to disk, {in_memory} to memory; "
-        "advised disk interval "
-        + " -> ".join(f"{d.interval_s:.1f} s" for d in decisions[-4:])
+        "advised disk interval " + " -> ".join(f"{d.interval_s:.1f} s" for d in decisions[-4:])
     )
     print(f"   work lost per crash (steps): {lost} (out of {STEPS})")
     print(

@@ -128,3 +128,62 @@ def test_advised_interval_converges_to_the_optimum_for_the_injected_rate(
     assert final.interval_s == pytest.approx(optimum, rel=0.15), (final, optimum)
     advice = json.loads((runtime_dir / "stalwart" / "default" / "advice.json").read_text())
     assert advice["interval_s"] == final.interval_s  # what the trainer was told
+
+
+def test_two_tiers_route_each_failure_to_the_tier_that_recovers_it(tmp_path: Path) -> None:
+    """With a memory tier, a failure counts toward the memory interval when its kind leaves
+    the tier intact, else toward the durable one; what relaunches found is learned, and a
+    restarted supervisor learns it again from the journal."""
+    from stalwart.journal import CheckpointRecord
+    from stalwart.types import Classification
+
+    clock, memory_root = FakeClock(), tmp_path / "shm" / "job-1"
+    durable = CONFIG.model_copy(update={"prior_mtbf_s": 1000.0})
+    memory = durable.model_copy(update={"min_interval_s": 0.001})
+    with Journal(tmp_path / "j.sqlite") as journal:
+        run = journal.start_run("job", ["x"], clock.wall())
+
+        def pacer() -> Pacer:
+            return Pacer(
+                durable, journal, "job", run.run_id, clock, memory=memory, memory_root=memory_root
+            )
+
+        first = pacer()
+        for pace in (first,):
+            pace.on_save(
+                attempt=0, step=1, path=None, size_bytes=None, stall_s=0.01, persist_s=0.02,
+                source="trainer-memory", running_exposure_s=0.0,
+            )  # fmt: skip
+            pace.on_save(
+                attempt=0, step=1, path=None, size_bytes=None, stall_s=4.0, persist_s=5.0,
+                source="trainer", running_exposure_s=0.0,
+            )  # fmt: skip
+        assert first.memory_model is not None
+        before_memory = first.memory_model.decide().mtbf_s
+        before_durable = first.model.decide().mtbf_s
+        first.on_attempt_end(10.0, ExitKind.OOM)  # the memory tier recovers OOMs (prior 0.9)
+        assert first.memory_model.decide().mtbf_s < before_memory
+        assert first.model.decide().mtbf_s > before_durable  # run time, no failure
+        assert first.memory_interval_s is not None
+        assert first.memory_interval_s < first.interval_s
+        # UNKNOWN starts at 0.5 (memory); three relaunches that found the tier gone move it.
+        assert first._route("UNKNOWN") == ((ExitKind.UNKNOWN,), ())
+        for _ in range(3):
+            first.on_relaunch(ExitKind.UNKNOWN, memory_intact=False)
+        assert first._route("UNKNOWN") == ((), (ExitKind.UNKNOWN,))
+        # The journal holds the same evidence: attempt 0 wrote to memory, died UNKNOWN, and
+        # attempt 1 resumed from disk; attempt 1 wrote to memory, died, 2 resumed from memory.
+        for number, resume in ((0, ""), (1, str(tmp_path / "ck" / "step-1")),
+                               (2, str(memory_root / "step-000000002"))):  # fmt: skip
+            journal.start_attempt(run.run_id, number, 1, clock.wall(), resume)
+            saved = (run.run_id, number, number + 1, None, None, 0.01, 0.02, clock.wall())
+            journal.add_checkpoint(CheckpointRecord(*saved, "trainer-memory"))
+            journal.end_attempt(
+                run.run_id, number, now_unix=clock.wall(), status=None,
+                verdict=Classification(ExitKind.UNKNOWN, True, "x"), uptime_s=10.0,
+                decision="restart",
+            )  # fmt: skip
+        again = pacer()
+        assert again.tier_rates is not None
+        chance = again.tier_rates.memory_intact_chance(ExitKind.UNKNOWN)
+        assert chance == pytest.approx((2 * 0.5 + 1) / (2 + 2))  # one intact, one gone

@@ -36,6 +36,8 @@ REMOTE_POINTER = "remote_url"
 """A file in the state dir naming the remote copy's URL, when one is configured."""
 CKPT_DIR_POINTER = "ckpt_dir"
 """A file in the state dir naming the checkpoint dir, for `stalwart checkpoints`."""
+MEMORY_DIR_POINTER = "memory_dir"
+"""A file in the state dir naming the job's memory tier, while the job keeps one."""
 
 
 def find_state_dir(name: str, configured: Path | None, environ: Mapping[str, str]) -> Path:
@@ -79,6 +81,10 @@ def recorded_runtime_dir(state: Path) -> Path | None:
 
 def recorded_ckpt_dir(state: Path) -> Path | None:
     return _pointer(state, CKPT_DIR_POINTER)
+
+
+def recorded_memory_dir(state: Path) -> Path | None:
+    return _pointer(state, MEMORY_DIR_POINTER)
 
 
 def recorded_remote_url(state: Path) -> str | None:

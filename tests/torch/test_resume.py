@@ -307,6 +307,16 @@ def test_memory_tier_resumes_from_memory_from_disk_after_a_wipe_and_past_a_torn_
                 os.kill(pid, signal.SIGSTOP)  # nothing is written while the tier is changed
                 newest = _newest_in(shm)
                 assert newest is not None
+                if how == "kill":  # `checkpoints list` shows both tiers
+                    state = str(tmp_path / "state")
+                    listing = subprocess.run(
+                        stalwart_argv("checkpoints", "list", "--state-dir", state),
+                        env=environment(runtime_dir), capture_output=True, text=True,
+                        timeout=60, check=False,
+                    )  # fmt: skip
+                    rows = listing.stdout.splitlines()
+                    assert any(r.startswith("memory") and newest.name in r for r in rows), rows
+                    assert any(r.startswith("disk") for r in rows), listing.stdout
                 if how == "wipe":
                     for path in shm.glob("*/*"):
                         shutil.rmtree(path)

@@ -61,6 +61,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         )
         if action in ("list", "verify"):
             sub.add_argument("--full", action="store_true", help="check every digest (slow)")
+            sub.add_argument(
+                "--memory-dir",
+                type=Path,
+                help="the job's memory tier too (default: the one its state dir records)",
+            )
         if action in ("list", "pull"):
             sub.add_argument("--remote-url", help="remote copy URL (default: the job's)")
         if action == "list":
@@ -116,9 +121,16 @@ def run(args: argparse.Namespace) -> int:
     if args.ckpt_command == "best":
         return _best(args, root)
     # Never the cache here: it cannot see silent bit rot, which keeps the mtime.
-    infos = list_checkpoints(root, full=args.full, foreign_globs=args.glob)
+    tiered = [
+        ("disk", info) for info in list_checkpoints(root, full=args.full, foreign_globs=args.glob)
+    ]
+    memory = _memory_root(args)
+    if memory is not None and memory.is_dir():
+        tiered = [("memory", info) for info in list_checkpoints(memory, full=args.full)] + tiered
+    infos = [info for _, info in tiered]
     rows = [
         [
+            tier,
             info.name,
             "-" if info.step is None else str(info.step),
             fmt_time(info.mtime_ns / 1e9),
@@ -127,9 +139,9 @@ def run(args: argparse.Namespace) -> int:
             _metrics_text(info),
             info.reason[:70],
         ]
-        for info in infos
+        for tier, info in tiered
     ]
-    headers = ["name", "step", "modified", "size", "state", "metrics", "detail"]
+    headers = ["tier", "name", "step", "modified", "size", "state", "metrics", "detail"]
     sys.stdout.write(table(headers, rows))
     if args.ckpt_command == "verify":
         corrupt = [i for i in infos if i.state is CheckpointState.CORRUPT]
@@ -137,6 +149,16 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(f"{len(infos)} entries, {len(corrupt)} corrupt; verification: {level}\n")
         return 1 if corrupt else 0
     return 0
+
+
+def _memory_root(args: argparse.Namespace) -> Path | None:
+    """The memory tier to list beside the disk: --memory-dir, else (for a job name, not
+    --dir) the one the job's state dir records while it keeps one."""
+    if args.memory_dir is not None:
+        return Path(args.memory_dir)
+    if args.dir is not None:
+        return None
+    return paths.recorded_memory_dir(paths.find_state_dir(args.name, args.state_dir, os.environ))
 
 
 def _metrics_text(info: CheckpointInfo) -> str:

@@ -96,6 +96,11 @@ class Supervisor(
         else:
             remote_pointer.unlink(missing_ok=True)
         self.memory_dir = self._open_memory_tier()
+        memory_pointer = self.state_dir / paths.MEMORY_DIR_POINTER
+        if self.memory_dir is not None:
+            memory_pointer.write_text(f"{self.memory_dir}\n")
+        else:
+            memory_pointer.unlink(missing_ok=True)
         memory = self.config.checkpoint.memory
         self.pacer = Pacer(
             self.config.checkpoint.interval,
@@ -106,6 +111,7 @@ class Supervisor(
             memory=memory.interval_config(self.config.checkpoint.interval)
             if self.memory_dir is not None
             else None,
+            memory_root=self.memory_dir,
             on_memory_interval=self.advice.set_memory_interval,
         )
         self.advice.set_interval(self.pacer.interval_s)

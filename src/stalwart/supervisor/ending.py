@@ -110,6 +110,10 @@ class EndingMixin(SupervisorState):
             self.advice.set_interval(
                 self.pacer.on_attempt_end(end.uptime_s, end.verdict.kind).interval_s
             )
+        wrote_memory = end.number in self.memory_saved_attempts
+        self.tier_evidence = (
+            end.verdict.kind if wrote_memory and end.verdict.kind.is_failure else None
+        )
         journal, run_id, now_unix = self.journal, self.run_record.run_id, self.clock.wall()
         self._defer(
             lambda: journal.end_attempt(

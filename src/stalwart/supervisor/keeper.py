@@ -93,6 +93,9 @@ class CheckpointKeeper:
         self.root = root
         self.memory_root = memory_root
         """The job's memory tier (checkpoint/tiers.py), searched too when resuming."""
+        self.memory_found: bool | None = None
+        """Whether the last resume found an intact checkpoint in the memory tier (None: no
+        tier). Written by the resume thread before it posts its result."""
         self._journal = journal
         self._run_id = run_id
         self._clock = clock
@@ -137,9 +140,12 @@ class CheckpointKeeper:
                 exclude=self.excluded,
             )
             self._stuck_leftovers = decision.stuck_leftovers
+            if self.memory_root is not None:
+                self.memory_found = False
             if self.memory_root is not None and self.memory_root.is_dir():
                 # No verify cache: a memory checkpoint is hashed in full every time (fast).
                 in_memory = prepare_resume(self.memory_root, ops=self._ops, exclude=self.excluded)
+                self.memory_found = in_memory.resume_from is not None
                 decision = newer_decision(decision, in_memory)
         for repair in repairs:
             logger.warning("%s", repair.describe())

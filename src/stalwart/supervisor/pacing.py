@@ -8,34 +8,21 @@ journaled with its inputs and reason.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from stalwart.clock import Clock
-from stalwart.journal import CheckpointRecord, IntervalRecord, Journal
+from stalwart.journal import AttemptRecord, CheckpointRecord, IntervalRecord, Journal
 from stalwart.policy.estimators import ExposureRecord, SaveSample
 from stalwart.policy.interval import IntervalConfig, IntervalDecision, IntervalModel
+from stalwart.policy.multilevel import TierFailureRecord, TierRateEstimator
 from stalwart.types import ExitKind
 
 MEMORY_SOURCE = "trainer-memory"
 """A save committed in the memory tier (its journal record's source)."""
-MACHINE_LOSS_KINDS = (ExitKind.PREEMPTED,)
-"""With a memory tier: the failures only the durable tier recovers (the machine is gone)."""
-PROCESS_KINDS = tuple(
-    sorted(
-        (
-            ExitKind.OOM,
-            ExitKind.HANG,
-            ExitKind.INFRA,
-            ExitKind.UNKNOWN,
-            ExitKind.CHECKPOINT_CORRUPT,
-        ),
-        key=lambda kind: kind.value,
-    )
-)
-"""With a memory tier: the failures the memory tier recovers (relaunched on this host)."""
-
 logger = logging.getLogger(__name__)
 
 
@@ -48,6 +35,30 @@ def _duration(value_s: float | None) -> float | None:
     return value_s if value_s is not None and math.isfinite(value_s) and value_s >= 0 else None
 
 
+def relaunch_evidence(
+    attempts: Sequence[AttemptRecord], saves: Sequence[CheckpointRecord], memory_root: Path | None
+) -> list[TierFailureRecord]:
+    """From the journal: for each failed attempt that had written to the memory tier and
+    was followed by another attempt of its run, whether that one resumed from the tier."""
+    if memory_root is None:
+        return []
+    wrote = {(c.run_id, c.attempt) for c in saves if c.source == MEMORY_SOURCE}
+    found = []
+    for before, after in itertools.pairwise(attempts):
+        if (
+            before.kind is None
+            or not ExitKind(before.kind).is_failure
+            or (before.run_id, before.attempt) not in wrote
+            or (after.run_id, after.attempt) != (before.run_id, before.attempt + 1)
+        ):
+            continue
+        intact = bool(after.resume_from) and Path(after.resume_from or "").is_relative_to(
+            memory_root
+        )
+        found.append(TierFailureRecord(0.0, ExitKind(before.kind), memory_intact=intact))
+    return found
+
+
 class Pacer:
     def __init__(
         self,
@@ -58,12 +69,15 @@ class Pacer:
         clock: Clock,
         *,
         memory: IntervalConfig | None = None,
+        memory_root: Path | None = None,
         on_memory_interval: Callable[[float | None], None] | None = None,
     ) -> None:
         """`memory`: the memory tier's interval config (None: no memory tier). With one,
-        the durable interval counts only machine losses and the memory interval the rest
-        (each Young/Daly on its own cost and rate, the first-order form of the multi-level
-        model); `on_memory_interval` hears every memory-interval change."""
+        each failure counts toward the tier that recovers it: the memory tier's when its
+        kind is learned to leave the tier intact (`TierRateEstimator`'s chance per kind,
+        from what each relaunch found, >= 0.5), else the durable one's; each interval is
+        Young/Daly on its own cost and rate (the first-order form of the multi-level
+        model). `on_memory_interval` hears every memory-interval change."""
         self._journal = journal
         self._run_id = run_id
         self._clock = clock
@@ -71,15 +85,18 @@ class Pacer:
         attempts = journal.job_attempts(name)
         decisions = journal.interval_decisions(name)
         saves = journal.checkpoints(name)
+        self.tier_rates: TierRateEstimator | None = None
         if memory is not None:
-            config = config.model_copy(update={"failure_kinds": MACHINE_LOSS_KINDS})
+            self.tier_rates = TierRateEstimator().observe_all(
+                relaunch_evidence(attempts, saves, memory_root)
+            )
         # History written before values were checked at the boundary may hold inf or < 0.
         self.memory_model: IntervalModel | None = None
         self._on_memory_interval = on_memory_interval
         self.memory_interval_s: float | None = None
         if memory is not None:
             self.memory_model = IntervalModel.from_history(
-                memory.model_copy(update={"failure_kinds": PROCESS_KINDS}),
+                memory,
                 saves=[
                     SaveSample(_duration(c.stall_s), _duration(c.persist_s))
                     for c in saves
@@ -87,9 +104,7 @@ class Pacer:
                 ],
                 restarts_s=[r for a in attempts if (r := _duration(a.ready_s)) is not None],
                 exposures=[
-                    ExposureRecord(
-                        _duration(a.uptime_s) or 0.0, (ExitKind(a.kind),) if a.kind else ()
-                    )
+                    ExposureRecord(_duration(a.uptime_s) or 0.0, self._route(a.kind)[0])
                     for a in attempts
                 ],
             )
@@ -103,7 +118,7 @@ class Pacer:
             ],
             restarts_s=[r for a in attempts if (r := _duration(a.ready_s)) is not None],
             exposures=[
-                ExposureRecord(_duration(a.uptime_s) or 0.0, (ExitKind(a.kind),) if a.kind else ())
+                ExposureRecord(_duration(a.uptime_s) or 0.0, self._route(a.kind)[1])
                 for a in attempts
             ],
             previous_interval_s=decisions[-1].interval_s if decisions else None,
@@ -211,10 +226,36 @@ class Pacer:
 
     def on_attempt_end(self, uptime_s: float, kind: ExitKind) -> IntervalDecision:
         uptime = self._usable("an attempt's uptime", uptime_s) or 0.0
-        self.model.observe_run(uptime, (kind,))
+        in_memory, durable = self._route(kind.value)
+        self.model.observe_run(uptime, durable)
         if self.memory_model is not None:
-            self.memory_model.observe_run(uptime, (kind,))
+            self.memory_model.observe_run(uptime, in_memory)
         return self.recompute(0.0)
+
+    def on_relaunch(self, kind: ExitKind, memory_intact: bool) -> None:
+        """What the resume after a failure of `kind` found of the memory tier (which the
+        failed attempt had written to): the evidence its kind is routed by from now on."""
+        if self.tier_rates is not None:
+            self.tier_rates.observe(TierFailureRecord(0.0, kind, memory_intact=memory_intact))
+            logger.info(
+                "memory tier %s after %s; chance it survives %s: %.2f",
+                "intact" if memory_intact else "gone",
+                kind.value,
+                kind.value,
+                self.tier_rates.memory_intact_chance(kind),
+            )
+
+    def _route(self, kind: str | None) -> tuple[tuple[ExitKind, ...], tuple[ExitKind, ...]]:
+        """(kinds for the memory model, kinds for the durable model) of one attempt's end:
+        without a memory tier, everything counts toward the durable one."""
+        if kind is None:
+            return (), ()
+        exit_kind = ExitKind(kind)
+        if self.tier_rates is None:
+            return (), (exit_kind,)
+        if self.tier_rates.memory_intact_chance(exit_kind) >= 0.5:
+            return (exit_kind,), ()
+        return (), (exit_kind,)
 
     def recompute(self, running_exposure_s: float) -> IntervalDecision:
         running = self._usable("a running exposure", running_exposure_s) or 0.0

@@ -127,6 +127,7 @@ class NotifyMixin(SupervisorState):
         )
         self.advice.set_interval(decision.interval_s)
         if in_memory:
+            self.memory_saved_attempts.add(attempt.number)
             return  # the same save's disk report (if any) follows; it keeps the step
         attempt.ckpt_step = None
         self._after_save(size if isinstance(size, int) else None)

@@ -34,6 +34,8 @@ class ResumePrepared:
 
     env_value: str | None
     error: str | None
+    memory_found: bool | None = None
+    """Whether an intact checkpoint was found in the memory tier (None: no tier)."""
 
 
 class LaunchMixin(SupervisorState):
@@ -151,7 +153,7 @@ class LaunchMixin(SupervisorState):
                 )
                 self.post(ResumePrepared(None, f"{type(exc).__name__}: {exc}"))
             else:
-                self.post(ResumePrepared(decision.env_value, None))
+                self.post(ResumePrepared(decision.env_value, None, keeper.memory_found))
 
         self._resume_pool.submit(prepare)
         return None
@@ -164,6 +166,9 @@ class LaunchMixin(SupervisorState):
             self.feed(ev.InternalError(f"resume: {prepared.error}", now_s))
             return
         self._resume = prepared.env_value
+        evidence, self.tier_evidence = self.tier_evidence, None
+        if evidence is not None and prepared.memory_found is not None and self.pacer is not None:
+            self.pacer.on_relaunch(evidence, prepared.memory_found)
         self.feed(ev.ResumeReady(now_s))
 
     def _close_resume_thread(self) -> None:

@@ -56,7 +56,7 @@ from stalwart.remote import RemoteMirror, UploadResult
 from stalwart.supervisor.keeper import CheckpointKeeper, RetentionDone
 from stalwart.supervisor.observing import LoopObserver
 from stalwart.supervisor.pacing import Pacer
-from stalwart.types import Classification, ExitCode, ExitStatus
+from stalwart.types import Classification, ExitCode, ExitKind, ExitStatus
 
 logger = logging.getLogger("stalwart.supervisor")
 
@@ -137,6 +137,11 @@ class SupervisorState:
         self.keeper: CheckpointKeeper | None = None
         self.memory_dir: Path | None = None
         """This job's memory tier (checkpoint.memory), when kept."""
+        self.memory_saved_attempts: set[int] = set()
+        """Attempts that committed a checkpoint to the memory tier."""
+        self.tier_evidence: ExitKind | None = None
+        """The failure kind of an attempt that wrote to the memory tier: the next resume
+        tells whether the tier survived it (Pacer.on_relaunch)."""
         self._retention_running = False
         self._retention_again = False
         self.poison = PoisonTracker(
