@@ -159,6 +159,25 @@ def test_buffers_allocated_once_reused_one_snapshot_hooks_removed(tmp_path: Path
     assert committed_steps(tmp_path) == [1, 2, 3]
 
 
+def test_the_first_step_end_prepares_the_buffers_so_the_first_save_allocates_nothing(
+    tmp_path: Path,
+) -> None:
+    setup = Setup()
+    with make(setup, tmp_path) as ckpt:
+        setup.train(1)
+        assert saves(ckpt).buffer_allocations == 0
+        assert not ckpt.step_end(1)  # not due: only prepares (and touches) the buffers
+        prepared = saves(ckpt).buffer_allocations
+        assert prepared > 0
+        setup.train(1)
+        at_save = {k: v.clone() for k, v in setup.model.state_dict().items()}
+        ckpt.save(2)
+        ckpt.wait()
+        assert saves(ckpt).buffer_allocations == prepared  # the prepared ones were used
+    # The touched (zeroed) buffers hold the state as of the save, not zeros.
+    assert state_equal(read_checkpoint(tmp_path / "step-000000002").model, at_save)
+
+
 def test_block_copies_everything_before_returning(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

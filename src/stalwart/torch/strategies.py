@@ -13,6 +13,7 @@ to it; what it does itself (snapshot timing, reports, restore checks) is the sam
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -50,6 +51,7 @@ class Host(Protocol):
     _retake: bool
     """A torn snapshot was discarded: save again at the next step, copying at once."""
     _clock: Callable[[], float]
+    async_save: bool
 
     def save(self, step: int, *, wait: bool = False) -> bool: ...
 
@@ -144,6 +146,9 @@ class LocalSaves:
             optimizer.register_step_pre_hook(self._before_step)
             for optimizer in self._optimizers.values()
         ]
+        self._prefaulting: threading.Thread | None = None
+        """Allocates and touches the snapshot buffers after the first step (see step_end)."""
+        self._prepared = False
 
     def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self.settle(block=True)
@@ -164,7 +169,33 @@ class LocalSaves:
     def buffer_allocations(self) -> int:
         return self._model_buffers.allocations + self._state_buffers.allocations
 
+    def _prepare(self, host: Host) -> None:
+        """At the first step_end of an asynchronous Checkpointer: allocate the snapshot
+        buffers for the state as it is now, and touch their pages in a thread of their own,
+        so that the first save costs what the later ones do (fresh pages fault on first
+        touch, several times the copy). The first save waits for it (`begin`)."""
+        self._prepared = True
+        if not host.async_save:
+            return
+        state = {name: obj.state_dict() for name, obj in host.components.items()}
+        self._model_buffers.targets(flatten(host.model.state_dict()).tensors)
+        self._state_buffers.targets(flatten({**state, "rng": rng.capture()}).tensors)
+
+        def touch() -> None:
+            self._model_buffers.prefault()
+            self._state_buffers.prefault()
+
+        self._prefaulting = threading.Thread(target=touch, name="stalwart-prefault", daemon=True)
+        self._prefaulting.start()
+
+    def _prefaulted(self) -> None:
+        if self._prefaulting is not None:
+            self._prefaulting.join()
+            self._prefaulting = None
+
     def step_end(self, host: Host, step: int) -> bool:
+        if not self._prepared:
+            self._prepare(host)
         if host._leaving():
             host._drain(step)
             return True
@@ -188,6 +219,7 @@ class LocalSaves:
         durable: bool = True,
     ) -> Callable[[], Committed | Commits]:
         self.settle(block=True)  # the previous copy is done (its save was collected)
+        self._prefaulted()  # nothing writes into the buffers while this save copies
         self._void = False
         meta = {"format": f"{FORMAT_NAME}/{FORMAT}"}
         txs: list[tuple[str, Transaction]] = []
@@ -309,6 +341,7 @@ class LocalSaves:
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
+        self._prefaulted()
         self._pending = None
         self._model_buffers.clear()
         self._state_buffers.clear()

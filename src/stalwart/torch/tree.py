@@ -236,6 +236,13 @@ class SnapshotBuffers:
             events.append(event)
         return copies, events
 
+    def prefault(self) -> None:
+        """Touch every CPU buffer's pages once (in the caller's thread; ctypes releases the
+        GIL): the first save then copies into memory that is already there."""
+        for buffer in list(self._buffers.values()):
+            if buffer.device.type == "cpu" and not buffer.is_pinned() and buffer.numel():
+                ctypes.memset(buffer.data_ptr(), 0, buffer.numel() * buffer.element_size())
+
     def clear(self) -> None:
         self._buffers.clear()
 
