@@ -5,7 +5,7 @@
     start = ...                        # restore from sw.resume_from if set
     for step in range(start, total):
         train_step()
-        sw.step(step)                  # heartbeat: STEP=n
+        sw.step(step, loss=loss)       # heartbeat: STEP=n (LOSS=x: NaN and spike watch)
         if sw.should_checkpoint(step):
             t0 = time.monotonic(); save(step); sw.saved(step, stall_s=time.monotonic() - t0)
         if sw.should_exit():           # drain requested (stop, preemption): saved, now leave
@@ -30,7 +30,7 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, SupportsFloat
 
 MEMORY_DIR_ENV = "STALWART_MEMORY_DIR"
 """The memory tier the supervisor keeps for the job (checkpoint/tiers.py)."""
@@ -40,6 +40,14 @@ logger = logging.getLogger(__name__)
 DEFAULT_INTERVAL_S = 1800.0
 REPORT_WAIT_S = 0.5
 """How long a report (not a heartbeat) may wait for room in the supervisor's queue."""
+
+
+DATA_SKIP_ENV = "STALWART_DATA_SKIP"
+"""Batches to skip after restoring the resume checkpoint (set after a divergence rollback)."""
+
+
+def _skip(text: str) -> int:
+    return int(text) if text.strip().isdecimal() else 0
 
 
 MAX_INT = 2**63 - 1
@@ -75,10 +83,14 @@ class Client:
         self.attempt = int(env.get("STALWART_ATTEMPT", "0") or 0)
         self.ckpt_dir = Path(env["STALWART_CKPT_DIR"]) if env.get("STALWART_CKPT_DIR") else None
         self.resume_from = env.get("STALWART_RESUME_FROM", "") or None
+        self.skip_batches = _skip(env.get(DATA_SKIP_ENV, ""))
+        """Batches to skip past the resumed checkpoint's data position (a divergence
+        rollback: the data that made the loss diverge is not seen again); 0 usually."""
         self.memory_dir = Path(env[MEMORY_DIR_ENV]) if env.get(MEMORY_DIR_ENV) else None
         """The memory tier the supervisor keeps for this job (None: disk only)."""
         self.memory_tier = False
         """A Checkpointer writes the memory tier: memory_interval_s paces saves too."""
+        self._last_loss: SupportsFloat | None = None
         self._notify_path = env.get("STALWART_NOTIFY_SOCKET", "")
         self._advice_path = env.get("STALWART_ADVICE_FILE", "")
         # Under torchrun every worker heartbeats for itself: the supervisor tracks each rank
@@ -136,15 +148,31 @@ class Client:
     def ready(self) -> None:
         self.send(READY=1)
 
-    def step(self, step: int) -> None:
-        """Heartbeat: this step is done. At most one per `heartbeat_interval_s` is sent."""
+    def step(self, step: int, loss: SupportsFloat | None = None) -> None:
+        """Heartbeat: this step is done, with its training loss if given (the supervisor
+        watches it for NaN and spikes; a 0-d tensor is read only when sent). At most one per
+        `heartbeat_interval_s` is sent."""
+        if loss is not None:
+            self._last_loss = loss  # a reference: read (synced) only when sent or saved
         if self._sock is None:
             return
         now = self._clock()
         if now < self._last_heartbeat_s + self._heartbeat_interval_s:
             return
         self._last_heartbeat_s = now
-        self._send({"STEP": int(step)}, 0.0)
+        fields: dict[str, object] = {"STEP": int(step)}
+        if loss is not None:
+            # As text: `nan` and `inf` must reach the supervisor (LOSS alone accepts them).
+            fields["LOSS"] = repr(float(loss))
+        self._send(fields, 0.0)
+
+    def loss_meta(self) -> dict[str, Any]:
+        """The latest loss given to `step`, as checkpoint meta (`metrics`, as the framework
+        callbacks record theirs); empty when none was given or it is not finite."""
+        if self._last_loss is None:
+            return {}
+        value = float(self._last_loss)
+        return {"metrics": {"loss": value}} if math.isfinite(value) else {}
 
     def status(self, text: str) -> None:
         self.send(STATUS=text.replace("\n", " "))

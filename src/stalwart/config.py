@@ -20,6 +20,7 @@ from stalwart.errors import ConfigError
 from stalwart.metrics.config import MetricsConfig
 from stalwart.notify.config import NotifyConfig
 from stalwart.policy.classify import ClassifyConfig
+from stalwart.policy.divergence import DivergenceConfig
 from stalwart.policy.hang import HangConfig
 from stalwart.policy.launcher import SIGNAL_FLAGS, TORCHRUN_FORWARDED_SIGNALS, LauncherConfig
 from stalwart.policy.restart import RestartConfig
@@ -104,6 +105,8 @@ class JobConfig(Section):
     classify: ClassifyConfig = ClassifyConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     hang: HangConfig = HangConfig()
+    divergence: DivergenceConfig = DivergenceConfig()
+    """Loss spikes and NaN (from the trainer's `LOSS=` reports): roll back, skip ahead."""
     monitor: MonitorConfig = MonitorConfig()
     preemption: PreemptionConfig = PreemptionConfig()
     chaos: ChaosConfig = ChaosConfig()

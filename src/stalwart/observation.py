@@ -70,6 +70,12 @@ class AttemptEnded:
     newest_checkpoint: str | None
     """The newest checkpoint known to be intact (a relaunch resumes from it)."""
     now_unix: float
+    diverged: str | None = None
+    """The loss diverged (described): the attempt was killed for it."""
+    quarantined: tuple[str, ...] = ()
+    """What its divergence rollback quarantined as `diverged` (empty: none, or no rollback)."""
+    skip_batches: int = 0
+    """Batches the next attempt skips past its resume checkpoint (a divergence rollback)."""
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,8 @@ class ExitKind(enum.Enum):
     INFRA = "INFRA"
     USER_ERROR = "USER_ERROR"
     CHECKPOINT_CORRUPT = "CHECKPOINT_CORRUPT"
+    DIVERGED = "DIVERGED"
+    """The loss turned non-finite or spiked and stayed up; killed by the supervisor."""
     UNKNOWN = "UNKNOWN"
 
     @property

@@ -21,6 +21,9 @@ class Advice:
     """When the machine goes away (preemption), if known."""
     memory_interval_s: float | None = None
     """Advised time between saves to the memory tier (None: no memory tier)."""
+    skip_batches: int = 0
+    """The current attempt's data skip past its resume checkpoint (a divergence rollback;
+    also in its $STALWART_DATA_SKIP)."""
 
 
 def write_advice(path: Path, advice: Advice) -> None:
@@ -56,6 +59,10 @@ class AdviceBoard:
     def set_memory_interval(self, interval_s: float | None) -> None:
         if interval_s != self.advice.memory_interval_s:
             self._update(memory_interval_s=interval_s)
+
+    def set_skip_batches(self, batches: int) -> None:
+        if batches != self.advice.skip_batches:
+            self._update(skip_batches=batches)
 
     def request_checkpoint(self) -> None:
         self._update(checkpoint_now=self.advice.checkpoint_now + 1)

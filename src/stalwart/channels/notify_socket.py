@@ -25,8 +25,11 @@ SO_TIMESTAMP = 29
 SCM_TIMESTAMP = SO_TIMESTAMP
 INT_KEYS = frozenset({"READY", "STEP", "CKPT_BEGIN", "CKPT_BYTES", "DONE", "RANK", "PEER_DRAIN"})
 FLOAT_KEYS = frozenset({"CKPT_STALL_S", "CKPT_PERSIST_S"})
+LOSS_KEY = "LOSS"
+"""The training loss: any float, and also `nan`, `inf`, `-inf` (a non-finite loss is the
+news itself, so this key alone is not malformed when not finite)."""
 TEXT_KEYS = frozenset({"STATUS", "CKPT_DONE", "CKPT_TIER"})
-KNOWN_KEYS = INT_KEYS | FLOAT_KEYS | TEXT_KEYS
+KNOWN_KEYS = INT_KEYS | FLOAT_KEYS | TEXT_KEYS | {LOSS_KEY}
 MAX_INT = 2**63 - 1
 """Integers are steps, byte counts and ranks: 0..MAX_INT (what an SQLite INTEGER holds)."""
 
@@ -42,7 +45,8 @@ class Message:
 
 
 def parse(datagram: bytes) -> Message:
-    """Integers outside 0..MAX_INT and floats that are negative or not finite are malformed."""
+    """Integers outside 0..MAX_INT and floats that are negative or not finite are malformed
+    (not `LOSS`: any float, `nan` and `inf` included)."""
     fields: dict[str, int | float | str] = {}
     malformed = 0
     for raw in datagram.decode("utf-8", errors="replace").split("\n"):
@@ -66,6 +70,8 @@ def parse(datagram: bytes) -> Message:
                 if not (math.isfinite(number) and number >= 0):
                     raise ValueError(value)
                 fields[key] = number
+            elif key == LOSS_KEY:
+                fields[key] = float(value)
             else:
                 fields[key] = value
         except ValueError:

@@ -55,6 +55,9 @@ class QuarantineReason(enum.Enum):
     """A foreign checkpoint that failed its format check."""
     POISON = "poison"
     """Verified intact, but attempts resumed from it keep failing (restart policy)."""
+    DIVERGED = "diverged"
+    """Written after the loss began to diverge (NaN, a spike that stayed): kept, never
+    resumed from."""
     MANUAL = "manual"
     """Put aside by a person."""
 

@@ -116,6 +116,8 @@ class CheckpointStore:
         self.clock: Clock = clock or SystemClock()
         self.on_stage = on_stage
         self.chunk_bytes = chunk_bytes
+        self.annotate: Callable[[], Mapping[str, Any]] | None = None
+        """More meta for every save, under the caller's (a Checkpointer: the latest loss)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **kwargs: Any) -> CheckpointStore:
@@ -137,7 +139,8 @@ class CheckpointStore:
         """Start a save of `step` in a fresh staging directory beside its final place."""
         if step < 0:
             raise ValueError(f"a checkpoint step is >= 0, got {step}")
-        checked_meta = _check_meta(meta)
+        extra = self.annotate() if self.annotate is not None else {}
+        checked_meta = _check_meta({**extra, **dict(meta or {})})
         name = checkpoint_name(step)
         if os.path.lexists(self.root / name):
             raise StepExists(

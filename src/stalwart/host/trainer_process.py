@@ -110,6 +110,8 @@ class Trainer:
         self.stop_signal_sent = False
         self.killed = False
         self.hang_killed = False
+        self.diverged: str | None = None
+        """The loss diverged (described): killed by the supervisor, no save."""
         self.done_reported = False
         self.peer_drained = False
         """A rank said PEER_DRAIN=1: another node drained the job."""

@@ -21,7 +21,8 @@ class NotifyEvent(enum.StrEnum):
     PREEMPTED = "preempted"
     """The machine is being preempted; the job stopped (exit 75) and resumes elsewhere."""
     ROLLBACK = "rollback"
-    """A crash loop: the checkpoint every resume died on was quarantined, rolled back."""
+    """A crash loop: the checkpoint every resume died on was quarantined, rolled back; or
+    the loss diverged (NaN, a spike that stayed): rolled back past it, data skipped."""
     HANG_KILLED = "hang_killed"
     """The trainer stopped heartbeating and was killed (its stacks were collected)."""
     SUPERVISOR_ERROR = "supervisor_error"

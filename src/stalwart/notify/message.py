@@ -39,7 +39,7 @@ class Message:
 
 def event_of_attempt(ended: AttemptEnded) -> NotifyEvent | None:
     """The most specific event an attempt's end is (one message per end), or None."""
-    if ended.rolled_back is not None:
+    if ended.rolled_back is not None or (ended.diverged is not None and ended.action == "restart"):
         return NotifyEvent.ROLLBACK
     if ended.hang_killed or ended.kind is ExitKind.HANG:
         return NotifyEvent.HANG_KILLED
@@ -107,7 +107,14 @@ def attempt_message(
     suppressed: int = 0,
 ) -> Message:
     """A failed attempt, a hang killed, a crash-loop rollback."""
-    if event is NotifyEvent.ROLLBACK:
+    if event is NotifyEvent.ROLLBACK and ended.diverged is not None:
+        gone = ", ".join(ended.quarantined) if ended.quarantined else "none"
+        what = (
+            f"the loss diverged ({ended.diverged}); attempt {ended.number} was killed without "
+            f"saving; quarantined as diverged: {gone}; the next attempt skips "
+            f"{ended.skip_batches} batches"
+        )
+    elif event is NotifyEvent.ROLLBACK:
         what = (
             f"crash loop: every attempt resuming from {_checkpoint(ended.rolled_back)} failed; "
             "it was quarantined as poison"
@@ -119,7 +126,7 @@ def attempt_message(
     if ended.action == "restart":
         where = (
             "the previous intact checkpoint"
-            if ended.rolled_back is not None
+            if ended.rolled_back is not None or ended.quarantined
             else f"the newest intact checkpoint ({_checkpoint(newest_checkpoint)})"
         )
         follows = f"next: relaunch in {ended.delay_s:.1f} s from {where}"

@@ -63,6 +63,8 @@ class ExitContext:
     peer_drained: bool = False
     """The trainer said PEER_DRAIN=1: it saved and left because another node of a
     multi-node job drained (that node's preemption or stop), not because it finished."""
+    diverged: str | None = None
+    """The loss diverged and the supervisor killed it (the divergence, described)."""
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,11 @@ def classify(
 ) -> Classification:
     """The kind of this attempt's end, whether to retry it, and why (for the journal)."""
     described = status.describe()
+    if context.diverged is not None:
+        # Even an exit 0: what it trained (and saved) since the spike is damaged.
+        return Classification(
+            ExitKind.DIVERGED, True, f"{context.diverged}; killed by the supervisor ({described})"
+        )
     if status.code == 0 and context.done_reported:
         return Classification(ExitKind.COMPLETED, False, "exit code 0 after DONE=1")
     if context.stop_requested:

@@ -33,9 +33,10 @@ from stalwart.types import ExitKind
 logger = logging.getLogger(__name__)
 
 NOT_MACHINE_FAILURES: frozenset[ExitKind] = frozenset(
-    {ExitKind.COMPLETED, ExitKind.STOPPED, ExitKind.USER_ERROR}
+    {ExitKind.COMPLETED, ExitKind.STOPPED, ExitKind.USER_ERROR, ExitKind.DIVERGED}
 )
-"""Ends that say nothing about how often the machine fails: never counted."""
+"""Ends that say nothing about how often the machine fails (a diverged loss is the
+training's own): never counted."""
 
 DEFAULT_COUNTED_KINDS: frozenset[ExitKind] = frozenset(ExitKind) - NOT_MACHINE_FAILURES
 """Every failure kind that is not of the trainer's own making."""

@@ -69,6 +69,13 @@ class HangDetected:
 
 
 @dataclass(frozen=True)
+class DivergenceDetected:
+    """The loss diverged (NaN, a spike that stayed): SIGKILL now, so nothing more is saved."""
+
+    now_s: float
+
+
+@dataclass(frozen=True)
 class StacksRequested:
     """Reply to `DumpStacks`: SIGKILL after `wait_s` (0 when nobody could dump)."""
 
@@ -121,6 +128,7 @@ Event = (
     | StopRequested
     | PreemptionNoticed
     | HangDetected
+    | DivergenceDetected
     | StacksRequested
     | PeerDrained
     | TrainerExited

@@ -51,6 +51,7 @@ from stalwart.policy.events import (
     Conclude,
     Decide,
     Decided,
+    DivergenceDetected,
     DumpStacks,
     Event,
     Finish,
@@ -158,6 +159,9 @@ class Lifecycle:
                 if attempt is not None and not attempt.hang_killed and self.drain is None:
                     attempt.hang_killed = True
                     self._emit(DumpStacks(attempt.number))
+            case DivergenceDetected(now_s=now_s):
+                if self.attempt is not None and self.drain is None:
+                    self._kill(now_s)  # not the stop signal: the trainer would save its state
             case StacksRequested(wait_s=wait_s, now_s=now_s):
                 attempt = self.attempt
                 if attempt is not None and attempt.hang_killed and not attempt.killed:

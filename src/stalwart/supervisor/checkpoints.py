@@ -66,6 +66,7 @@ class CheckpointMixin(SupervisorState):
                 ExitKind(past.kind),
                 evidence=poison_evidence(status, ExitKind(past.kind)),
             )
+        self._replay_divergence_history()
 
     def _poison_rule(
         self,

@@ -18,11 +18,12 @@ from stalwart.journal import RunStatus
 from stalwart.policy import events as ev
 from stalwart.policy.classify import ExitContext, classify
 from stalwart.policy.restart import Action
-from stalwart.supervisor.state import LOOP_TICK_S, SupervisorState, Timer, logger
+from stalwart.supervisor.divergence import DivergenceMixin
+from stalwart.supervisor.state import LOOP_TICK_S, Timer, logger
 from stalwart.types import ExitCode, ExitStatus
 
 
-class EndingMixin(SupervisorState):
+class EndingMixin(DivergenceMixin):
     """Reaps the trainer and carries out the end of attempts and of the job."""
 
     def _reap(self) -> None:
@@ -59,6 +60,7 @@ class EndingMixin(SupervisorState):
             uptime_s=uptime_s,
             stop_requested=self.core.stop_requested,
             hang_killed=attempt.hang_killed,
+            diverged=attempt.diverged,
             preemption_pending=self.core.notice is not None,
             done_reported=attempt.done_reported,
             peer_drained=attempt.peer_drained,
@@ -98,6 +100,7 @@ class EndingMixin(SupervisorState):
         attempt = self._ended_attempt
         if decision.action is not Action.FINISH and attempt is not None:
             decision = self._poison_rule(attempt, self._ended_status, ask.verdict, decision)
+            decision = self._divergence_rule(attempt, ask.verdict, decision)
         return ev.Decided(ask.number, decision, self.clock.monotonic())
 
     def _conclude(self, end: ev.Conclude) -> None:

@@ -36,6 +36,7 @@ from stalwart.checkpoint import (
     prepare_resume,
     quarantine,
     retention_items,
+    scan,
 )
 from stalwart.checkpoint.config import CheckpointConfig
 from stalwart.checkpoint.frameworks import repair_for_resume
@@ -176,6 +177,20 @@ class CheckpointKeeper:
                 at_unix=self._clock.wall(),
             )
         )
+
+    def names_after(self, step: int) -> list[str]:
+        """Checkpoints of a step after `step`, in either tier, newest first (a divergence
+        rollback quarantines them)."""
+        names: dict[str, int] = {}
+        for root in (self.root, self.memory_root):
+            if root is None or not root.is_dir():
+                continue
+            with self.lock:
+                listing = scan(root, self.config.foreign_globs)
+            for entry in listing.candidates:
+                if entry.step is not None and entry.step > step:
+                    names.setdefault(entry.name, entry.step)
+        return sorted(names, key=lambda name: names[name], reverse=True)
 
     def quarantine(self, name: str, reason: QuarantineReason, detail: str) -> Path | None:
         """Move a checkpoint aside (never deleted) and journal it; where it went.

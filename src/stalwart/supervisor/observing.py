@@ -31,6 +31,8 @@ from stalwart.observation import (
 )
 from stalwart.policy import events as ev
 from stalwart.policy.interval import IntervalDecision
+from stalwart.policy.restart import Action
+from stalwart.types import ExitKind
 
 if TYPE_CHECKING:
     from stalwart.supervisor.state import SupervisorState
@@ -178,6 +180,11 @@ class LoopObserver:
                 work_lost_s=lost_s,
                 newest_checkpoint=self._newest,
                 now_unix=sup.clock.wall(),
+                diverged=trainer.diverged if trainer is not None else None,
+                quarantined=sup.divergence_quarantined.pop(end.number, ()),
+                skip_batches=sup.config.divergence.skip_batches
+                if end.verdict.kind is ExitKind.DIVERGED and end.decision.action is Action.RESTART
+                else 0,
             )
         )
 

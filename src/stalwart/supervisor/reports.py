@@ -68,6 +68,9 @@ class NotifyMixin(SupervisorState):
             attempt.hang.rank_started(now_s, rank)
         elif "READY" in fields:
             attempt.hang.heartbeat(now_s)
+        loss = fields.get("LOSS")
+        if isinstance(loss, float):
+            self._on_loss(attempt, step if isinstance(step, int) else None, loss, now_s)
         begin = fields.get("CKPT_BEGIN")
         if isinstance(begin, int):
             attempt.ckpt_step = begin

@@ -114,6 +114,7 @@ class LaunchMixin(SupervisorState):
             STALWART_ADVICE_FILE=str(self.advice.path or ""),
             STALWART_NOTIFY_SOCKET=str(self._notify.path) if self._notify else "",
             STALWART_DUMP_DIR=str(self.dump_dir),
+            STALWART_DATA_SKIP=str(self.data_skip_for(resume_from)),
             **self.role.env(),
         )
         if self.memory_dir is not None:
@@ -188,6 +189,8 @@ class LaunchMixin(SupervisorState):
         if self.journal_first_attempt < 0:
             self.journal_first_attempt = number
         resume_from = self._resume
+        self.advice.set_skip_batches(self.data_skip_for(resume_from))
+        self.losses.new_attempt()
         prefix = f"[{self.config.name}#{number}] ".encode() if self.config.output.prefix else b""
         argv = self.trainer_argv()
         try:

@@ -39,6 +39,7 @@ from stalwart.journal import Journal, RunRecord
 from stalwart.policy.bookkeeping import CoreSettings
 from stalwart.policy.classify import compile_rules
 from stalwart.policy.deadlines import Deadlines, Due
+from stalwart.policy.divergence import Divergence, DivergenceRollbacks, LossMonitor
 from stalwart.policy.events import Event
 from stalwart.policy.launcher import NodeRole
 from stalwart.policy.lifecycle import Lifecycle
@@ -147,6 +148,15 @@ class SupervisorState:
         self.poison = PoisonTracker(
             config.restart.poison_after_failures, config.restart.max_rollbacks
         )
+        self.losses = LossMonitor(config.divergence)
+        """The trainer's `LOSS=` reports, judged for NaN and spikes (one per run)."""
+        self.divergence_rollbacks = DivergenceRollbacks(config.divergence.max_rollbacks)
+        self.divergences: dict[int, Divergence] = {}
+        """Attempts killed for a divergence, until their end is decided."""
+        self.divergence_quarantined: dict[int, tuple[str, ...]] = {}
+        """What each divergence rollback quarantined, by attempt (for the observers)."""
+        self.data_skips: list[tuple[int, int]] = []
+        """(last healthy step, batches): each rollback's skip past the resumed checkpoint."""
         self.role = NodeRole()
         """This node of the job (set from the launcher config and the environment at setup);
         only the primary prunes, adopts and mirrors the shared checkpoint directory."""
@@ -227,6 +237,15 @@ class SupervisorState:
         verdict: Classification,
         decision: Decision,
     ) -> Decision:
+        raise NotImplementedError
+
+    def _on_loss(self, attempt: Trainer, step: int | None, loss: float, now_s: float) -> None:
+        raise NotImplementedError
+
+    def _replay_divergence_history(self) -> None:
+        raise NotImplementedError
+
+    def data_skip_for(self, resume_from: str) -> int:
         raise NotImplementedError
 
     def _finish_preempted(self, number: int | None) -> str:

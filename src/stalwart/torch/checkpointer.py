@@ -43,6 +43,7 @@ from stalwart.client import Client
 from stalwart.torch import rng
 from stalwart.torch import sharded as sharded_mod
 from stalwart.torch.background import Background
+from stalwart.torch.divergence import skip_ahead
 from stalwart.torch.files import LoadedCheckpoint, read_checkpoint
 from stalwart.torch.fit import state_mismatch
 from stalwart.torch.memory_tier import Commits, MemoryTier
@@ -155,6 +156,7 @@ class Checkpointer:
         self.store = resolve_store(store, ckpt_dir, env)
         self._owns_client = client is None
         self.client = client if client is not None else Client(env)
+        self.store.annotate = self.client.loss_meta  # the latest loss in each manifest
         self.memory: MemoryTier | None = None
         """The memory tier this process writes, if the supervisor keeps one."""
         if memory_tier and self.client.memory_dir is not None and ranks is None:
@@ -215,17 +217,17 @@ class Checkpointer:
         """A save is being written in the background."""
         return self._background.running
 
-    def step_end(self, step: int) -> bool:
+    def step_end(self, step: int, loss: Any = None) -> bool:
         """Call once per step, after the optimizer step; `step` counts the steps done.
 
-        Heartbeats; raises a background save's failure; saves when the supervisor's advice
-        (interval, `stalwart checkpoint`) or a save signal asks; on drain or an exit signal
-        saves synchronously, waits until durable and returns True: leave the loop and exit 0.
+        Heartbeats (`loss`: a float or 0-d tensor, watched for NaN and spikes); raises a
+        background save's failure; saves when the advice (interval, `stalwart checkpoint`) or a
+        save signal asks; on drain or an exit signal saves, waits until durable, returns True.
         """
         if self._exiting:
             return True
         self._collect(wait=False)
-        self.client.step(step)
+        self.client.step(step, loss)
         return self._saves.step_end(self, step)
 
     def _leaving(self) -> bool:
@@ -415,7 +417,7 @@ class Checkpointer:
         self._collect(wait=True)
         source = self._saves.resume_from(self, self._source(path))
         if source is None:
-            return 0
+            return skip_ahead(self.components.get("data"), self.client, 0)
         if sharded_mod.is_sharded(source):
             return self._restore_sharded(source)
         loaded = read_checkpoint(source, map_location=self.map_location)
@@ -427,7 +429,7 @@ class Checkpointer:
         self._requested_step = self._durable_step = loaded.step
         self.restored_from = source
         logger.info("restored step %d from %s", loaded.step, source)
-        return loaded.step
+        return skip_ahead(self.components.get("data"), self.client, loaded.step)
 
     def _restore_sharded(self, source: Path) -> int:
         step = sharded_mod.restore_all(
@@ -436,7 +438,7 @@ class Checkpointer:
         self._requested_step = self._durable_step = step
         self.restored_from = source
         logger.info("restored step %d from %s (sharded)", step, source)
-        return step
+        return skip_ahead(self.components.get("data"), self.client, step)
 
     def _source(self, path: str | os.PathLike[str] | None) -> Path | None:
         if path is not None:

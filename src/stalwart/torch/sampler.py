@@ -2,6 +2,7 @@
 
     sampler = ResumableSampler(dataset, seed=0)
     loader = DataLoader(dataset, sampler=sampler, batch_size=32)   # num_workers=0, see below
+    # ResumableSampler(dataset, seed=0, batch_size=32): a divergence rollback skips batches
     ckpt = Checkpointer(model, optimizer, data=sampler)
     step = ckpt.restore()                  # epoch and offset come back with it
     while step < total:
@@ -41,6 +42,7 @@ class ResumableSampler(torch.utils.data.Sampler[int]):
         num_replicas: int | None = None,
         rank: int | None = None,
         drop_last: bool = False,
+        batch_size: int = 1,
     ) -> None:
         if num_replicas is None or rank is None:
             world, me = 1, 0
@@ -58,6 +60,10 @@ class ResumableSampler(torch.utils.data.Sampler[int]):
         self.num_replicas = num_replicas
         self.rank = rank
         self.drop_last = drop_last
+        if batch_size < 1:
+            raise ValueError(f"batch_size is >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        """Indices per batch on this rank: what `skip_batches` moves by."""
         if drop_last:
             self.num_samples = self.size // num_replicas
         else:
@@ -106,6 +112,22 @@ class ResumableSampler(torch.utils.data.Sampler[int]):
             yield index
         self.epoch += 1
         self.offset = 0
+
+    def skip(self, count: int) -> None:
+        """Move past the next `count` indices of this rank without handing them out (across
+        epochs): after a divergence rollback, the data that caused it is not seen again."""
+        if count < 0:
+            raise ValueError(f"cannot skip {count} indices")
+        if self.num_samples == 0:
+            return
+        position = self.epoch * self.num_samples + self.offset + count
+        epoch, self.offset = divmod(position, self.num_samples)
+        if epoch != self.epoch:
+            self.epoch = epoch
+
+    def skip_batches(self, batches: int) -> None:
+        """Skip `batches` x `batch_size` indices (a divergence rollback, `Checkpointer`)."""
+        self.skip(batches * self.batch_size)
 
     def state_dict(self) -> dict[str, Any]:
         return {
