@@ -50,6 +50,12 @@ def _skip(text: str) -> int:
     return int(text) if text.strip().isdecimal() else 0
 
 
+def _as_float(value: SupportsFloat) -> float:
+    """A float of a number or a 0-d tensor (detached first: no autograd warning)."""
+    detach = getattr(value, "detach", None)
+    return float(detach() if callable(detach) else value)
+
+
 MAX_INT = 2**63 - 1
 """The largest integer the supervisor accepts (its journal's 64-bit INTEGER)."""
 
@@ -163,7 +169,7 @@ class Client:
         fields: dict[str, object] = {"STEP": int(step)}
         if loss is not None:
             # As text: `nan` and `inf` must reach the supervisor (LOSS alone accepts them).
-            fields["LOSS"] = repr(float(loss))
+            fields["LOSS"] = repr(_as_float(loss))
         self._send(fields, 0.0)
 
     def loss_meta(self) -> dict[str, Any]:
@@ -171,7 +177,7 @@ class Client:
         callbacks record theirs); empty when none was given or it is not finite."""
         if self._last_loss is None:
             return {}
-        value = float(self._last_loss)
+        value = _as_float(self._last_loss)
         return {"metrics": {"loss": value}} if math.isfinite(value) else {}
 
     def status(self, text: str) -> None:

@@ -17,8 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stalwart import paths
+from stalwart.checkpoint.layout import QuarantineReason
 from stalwart.errors import UsageError
-from stalwart.journal import AttemptRecord, CheckpointRecord, IntervalRecord, Journal
+from stalwart.journal import (
+    AttemptRecord,
+    CheckpointRecord,
+    IntervalRecord,
+    Journal,
+    QuarantineRecord,
+)
 from stalwart.types import ExitKind
 
 KIND_COLORS = {
@@ -30,6 +37,7 @@ KIND_COLORS = {
     "INFRA": "#8c564b",
     "USER_ERROR": "#e377c2",
     "CHECKPOINT_CORRUPT": "#bcbd22",
+    "DIVERGED": "#17becf",
     "UNKNOWN": "#1f77b4",
 }
 
@@ -46,6 +54,15 @@ class LostWork:
 
 
 @dataclass(frozen=True)
+class Diverged:
+    """An attempt killed because its loss diverged, and what followed."""
+
+    attempt: int
+    reason: str
+    decision: str
+
+
+@dataclass(frozen=True)
 class ReportSummary:
     attempts: int
     failures_by_kind: dict[str, int]
@@ -57,6 +74,9 @@ class ReportSummary:
     lost: tuple[LostWork, ...]
     interval_s: float | None
     interval_reason: str | None
+    diverged: tuple[Diverged, ...] = ()
+    diverged_quarantined: tuple[str, ...] = ()
+    """Checkpoints quarantined as `diverged` (written after a spike began)."""
 
     @property
     def uptime_fraction(self) -> float:
@@ -72,6 +92,7 @@ def summarize(
     checkpoints: Sequence[CheckpointRecord],
     decisions: Sequence[IntervalRecord],
     now_unix: float,
+    quarantines: Sequence[QuarantineRecord] = (),
 ) -> ReportSummary:
     """Work lost per failure = run time after the attempt's last reported checkpoint."""
     failures = Counter(a.kind for a in attempts if a.kind and ExitKind(a.kind).is_failure)
@@ -104,6 +125,14 @@ def summarize(
         lost=tuple(lost),
         interval_s=last.interval_s if last else None,
         interval_reason=last.reason if last else None,
+        diverged=tuple(
+            Diverged(a.attempt, a.reason or "", a.decision or "")
+            for a in attempts
+            if a.kind == ExitKind.DIVERGED.value
+        ),
+        diverged_quarantined=tuple(
+            q.name for q in quarantines if q.reason == QuarantineReason.DIVERGED.value
+        ),
     )
 
 
@@ -131,6 +160,13 @@ def render_text(name: str, summary: ReportSummary) -> str:
         lines.append(
             f"  interval         {_duration(summary.interval_s)} ({summary.interval_reason})"
         )
+    if summary.diverged:
+        quarantined = ", ".join(summary.diverged_quarantined) or "none"
+        lines.append(
+            f"  loss diverged    {len(summary.diverged)} time(s); quarantined as diverged: "
+            f"{quarantined}"
+        )
+        lines += [f"    attempt {d.attempt}: {d.reason} -> {d.decision}" for d in summary.diverged]
     return "\n".join(lines) + "\n"
 
 
@@ -234,7 +270,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         ]
         checkpoints = journal.checkpoints(args.name)
         decisions = journal.interval_decisions(args.name)
-    summary = summarize(attempts, checkpoints, decisions, now_unix)
+        runs = {a.run_id for a in attempts}
+        quarantines = [q for q in journal.quarantines() if q.run_id in runs]
+    summary = summarize(attempts, checkpoints, decisions, now_unix, quarantines)
     sys.stdout.write(render_text(args.name, summary))
     if args.out is not None:
         try:
