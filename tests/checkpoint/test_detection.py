@@ -181,7 +181,8 @@ def test_verify_full_reports_a_torn_hf_checkpoint_with_no_configuration(tmp_path
     )
 
     assert found.returncode == 1, found.stdout + found.stderr
-    rows = {line.split()[0]: line for line in found.stdout.splitlines() if line.strip()}
+    # Columns: tier, name, step, ...
+    rows = {line.split()[1]: line for line in found.stdout.splitlines() if len(line.split()) > 1}
     assert "corrupt" in rows["checkpoint-200"]
     assert "intact" in rows["checkpoint-100"]
     assert "unverified" in rows["checkpoint-notes"]
