@@ -172,6 +172,24 @@ class Client:
             fields["LOSS"] = repr(_as_float(loss))
         self._send(fields, 0.0)
 
+    def report_loss(self, step: int, loss: SupportsFloat) -> None:
+        """A loss report apart from the heartbeats (a framework's logged loss, a few per
+        minute): every one is sent, so each counts once in the supervisor's spike watch."""
+        self._last_loss = loss
+        self.send(STEP=int(step), LOSS=repr(_as_float(loss)))
+
+    def skip_unsupported(self, who: str) -> None:
+        """Log that `who` cannot skip the batches a divergence rollback asks to skip."""
+        if self.skip_batches > 0:
+            logger.warning(
+                "stalwart: a divergence rollback asks to skip %d batches past the resumed "
+                "checkpoint, which %s cannot do by itself; skip them in your data pipeline "
+                "($%s), or the bad stretch is trained on again (one more rollback)",
+                self.skip_batches,
+                who,
+                DATA_SKIP_ENV,
+            )
+
     def loss_meta(self) -> dict[str, Any]:
         """The latest loss given to `step`, as checkpoint meta (`metrics`, as the framework
         callbacks record theirs); empty when none was given or it is not finite."""

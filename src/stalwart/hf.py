@@ -83,6 +83,7 @@ class StalwartCallback(TrainerCallback):
         if not self.client.supervised:
             return
         self.client.ready()
+        self.client.skip_unsupported("the Hugging Face callback")
         self._world_size = args.world_size
         if threading.current_thread() is threading.main_thread():
             self._previous_handler = signal.signal(signal.SIGTERM, self._on_stop_signal)
@@ -128,6 +129,10 @@ class StalwartCallback(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         self._not_saving_yet()
+        loss = (kwargs.get("logs") or {}).get("loss")
+        client = self._supervised()
+        if client is not None and isinstance(loss, int | float) and state.is_world_process_zero:
+            client.report_loss(state.global_step, loss)  # watched for NaN and spikes
 
     def on_evaluate(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any

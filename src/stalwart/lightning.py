@@ -96,6 +96,7 @@ class StalwartCallback(Callback):
         if client is None:
             return
         client.ready()
+        client.skip_unsupported("the Lightning callback")
         self._world_size = trainer.world_size
         if self.take_over_cadence:
             self._take_over(trainer)
@@ -118,7 +119,7 @@ class StalwartCallback(Callback):
         if client is None:
             return
         step = trainer.global_step
-        client.step(step)
+        client.step(step, _loss_of(outputs))  # the supervisor watches it for NaN and spikes
         sigterm = trainer.received_sigterm and not self.drained
         # One stat of the advice file: should_checkpoint says yes when draining too.
         due = sigterm or client.should_checkpoint(step)
@@ -273,3 +274,9 @@ class StalwartCallback(Callback):
             logger.info("stalwart: drained at step %d; exiting 0", trainer.global_step)
             raise SystemExit(0)
         trainer.should_stop = True
+
+
+def _loss_of(outputs: Any) -> Any:
+    """The training loss in what `training_step` returned (a tensor, or a dict with "loss")."""
+    loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+    return loss if hasattr(loss, "__float__") and getattr(loss, "ndim", 0) == 0 else None

@@ -91,3 +91,13 @@ def test_a_job_that_diverges_every_time_gives_up_after_the_rollbacks(
         runs = journal.runs()
     assert [a.kind for a in attempts] == ["DIVERGED"] * 3
     assert runs[0].status == "gave_up"
+
+
+def test_the_sampler_skips_batches_across_epochs() -> None:
+    from stalwart.torch import ResumableSampler
+
+    sampler = ResumableSampler(10, seed=3, batch_size=4)
+    whole = sampler.indices(0) + sampler.indices(1)
+    sampler.skip_batches(3)  # 12 indices: the rest of epoch 0 and 2 of epoch 1
+    assert (sampler.epoch, sampler.offset) == (1, 2)
+    assert list(sampler) == whole[12:]
