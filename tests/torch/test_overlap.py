@@ -159,6 +159,38 @@ def test_buffers_allocated_once_reused_one_snapshot_hooks_removed(tmp_path: Path
     assert committed_steps(tmp_path) == [1, 2, 3]
 
 
+def test_save_copies_only_the_small_state_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parameters and optimizer moments are left to the background copy: save() itself
+    copies none of them (it did copy everything, twice, until the deferred keys matched)."""
+    from stalwart.torch import strategies
+
+    at_once: list[int] = []
+    real = strategies.copy_into
+
+    def spy(buffer: torch.Tensor, tensor: torch.Tensor) -> None:
+        at_once.append(tensor.data_ptr())
+        real(buffer, tensor)
+
+    setup = Setup()
+    with make(setup, tmp_path) as ckpt:
+        setup.train(2)
+        monkeypatch.setattr(strategies, "copy_into", spy)
+        ckpt.save(2)
+        monkeypatch.setattr(strategies, "copy_into", real)
+        ckpt.wait()
+    live = {p.data_ptr() for p in setup.model.parameters()}
+    live |= {
+        t.data_ptr()
+        for state in setup.optimizer.state.values()
+        for t in state.values()
+        if isinstance(t, torch.Tensor) and t.numel() > 1
+    }
+    assert at_once, "the small state (RNGs, scheduler, step counts) is copied at once"
+    assert not live & set(at_once)
+
+
 def test_the_first_step_end_prepares_the_buffers_so_the_first_save_allocates_nothing(
     tmp_path: Path,
 ) -> None:

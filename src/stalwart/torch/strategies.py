@@ -270,12 +270,13 @@ class LocalSaves:
             deferred = {key for key, _, _ in later}
             devices: set[torch.device] = set()
             with torch.no_grad():
-                for flat, targets in (
-                    (model_flat.tensors, model_tensors),
-                    (state_flat.tensors, state_tensors),
+                for prefix, flat, targets in (
+                    ("model", model_flat.tensors, model_tensors),
+                    ("state", state_flat.tensors, state_tensors),
                 ):
                     for key, tensor in flat.items():
-                        if key not in deferred:
+                        # `later` names its tensors "model/<key>" and "state/<key>".
+                        if f"{prefix}/{key}" not in deferred:
                             copy_into(targets[key], tensor)
                             if tensor.is_cuda:
                                 devices.add(tensor.device)
