@@ -79,6 +79,9 @@ def bench_stall(size_mib: int, rounds: int, base: Path) -> dict[str, float]:
         os.sync()
         started = time.perf_counter()
         async_ckpt.save(step)
+        # No optimizer here: the next step_end waits for the overlapped copy (training's
+        # whole stall); not counting it would measure only the small state's copy.
+        async_ckpt.step_end(step)
         stalls["async"].append(time.perf_counter() - started)
         outcome = async_ckpt.wait()
         assert outcome is not None
@@ -94,10 +97,14 @@ def bench_stall(size_mib: int, rounds: int, base: Path) -> dict[str, float]:
         shutil.rmtree(sync_ckpt.last_saved.path)
 
     try:
-        run_async(0)
+        # As in a training loop, step_end has run before the first save is due: it
+        # allocates and touches the buffers in the background (a second here, for steps).
+        async_ckpt.step_end(0)
+        time.sleep(1.0)
+        run_async(1)
         cold = stalls["async"].pop()
         persists.pop()
-        for step in range(1, rounds + 1):
+        for step in range(2, rounds + 2):
             order: list[Callable[[int], None]] = [run_async, run_sync]
             for action in order if step % 2 else reversed(order):
                 action(step)
@@ -378,13 +385,13 @@ def main() -> None:
     )
     print(f"sync save, training blocked        {1000 * stall['sync_s']:8.1f} ms")
     print(f"async save, training blocked       {1000 * stall['async_s']:8.1f} ms")
-    print(f"  async/sync stall               {ratio:8.3f}  (goal <= 0.125)")
+    print(f"  async/sync stall               {ratio:8.3f}  (goal <= 0.10)")
     print(
         f"  fastest rounds: async {1000 * stall['async_min_s']:.1f} ms, sync "
         f"{1000 * stall['sync_min_s']:.1f} ms, ratio "
         f"{stall['async_min_s'] / stall['sync_min_s']:.3f} (least disturbed by other load)"
     )
-    print(f"async save, first (allocates)      {1000 * stall['cold_s']:8.1f} ms")
+    print(f"async save, first (prepared)       {1000 * stall['cold_s']:8.1f} ms")
     print(f"async save, until durable          {1000 * stall['persist_s']:8.1f} ms")
     none_s = loop["none"]
     print(
