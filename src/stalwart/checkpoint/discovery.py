@@ -8,6 +8,7 @@ a journal-backed cache, tests and one-shot commands an in-memory one.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import os
@@ -382,14 +383,19 @@ def remove_leftovers(
 
 
 def tree_bytes(path: Path) -> int:
-    """Total size of the regular files under `path` (or of `path`); symlinks not followed."""
-    st = os.lstat(path)
+    """Total size of the regular files under `path` (or of `path`); symlinks not followed.
+    What vanishes meanwhile (a save committing its staging directory) counts as 0."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return 0
     if not stat.S_ISDIR(st.st_mode):
         return st.st_size
     total = 0
     for dirpath, _dirs, files in os.walk(path):
         for name in files:
-            total += os.lstat(os.path.join(dirpath, name)).st_size
+            with contextlib.suppress(FileNotFoundError):
+                total += os.lstat(os.path.join(dirpath, name)).st_size
     return total
 
 
