@@ -140,3 +140,15 @@ def test_restores_bitwise_from_the_memory_tier(tmp_path: Path) -> None:
     with restored:
         assert restored.restore(tmp_path / "memory" / "step-000000003") == 3
     assert state_equal(dict(other.model.state_dict()), expected)
+
+
+def test_memory_checkpoints_record_the_loss_too(tmp_path: Path) -> None:
+    _advise(tmp_path / "advice.json")
+    clock, setup = FakeClock(), Setup()
+    with _make(setup, tmp_path, clock) as ckpt:
+        setup.train(1)
+        clock.now += 1.5
+        ckpt.step_end(1, loss=0.75)
+        ckpt.wait()
+    manifest = json.loads((tmp_path / "memory" / "step-000000001" / "MANIFEST.json").read_text())
+    assert manifest["meta"]["metrics"] == {"loss": 0.75}

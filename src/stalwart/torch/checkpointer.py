@@ -159,14 +159,8 @@ class Checkpointer:
         self.store.annotate = self.client.loss_meta  # the latest loss in each manifest
         self.memory: MemoryTier | None = None
         """The memory tier this process writes, if the supervisor keeps one."""
-        if memory_tier and self.client.memory_dir is not None and ranks is None:
-            self.memory = MemoryTier(
-                self.client.memory_dir,
-                fraction=float(env.get("STALWART_MEMORY_FRACTION", "") or 0.25),
-                run_id=self.client.run_id,
-                attempt=self.client.attempt,
-            )
-            self.client.memory_tier = True
+        if memory_tier and ranks is None:
+            self.memory = MemoryTier.of(self.client, env)
         self.async_save = async_save
         self.busy = Busy(busy)
         if snapshot not in ("overlap", "block"):

@@ -14,7 +14,7 @@ the tier keeps only the newest checkpoint (two while the next is being written).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,8 @@ import psutil
 import torch
 
 from stalwart.checkpoint import CheckpointStore, CheckpointStoreError, Committed, Transaction
-from stalwart.checkpoint.tiers import fit_problem, keep_newest
+from stalwart.checkpoint.tiers import MEMORY_FRACTION_ENV, fit_problem, keep_newest
+from stalwart.client import Client
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +97,22 @@ class MemoryTier:
         self.fraction = fraction
         self.refused: str | None = None
         """Why the tier was given up for this process (a snapshot did not fit)."""
+
+    @classmethod
+    def of(cls, client: Client, env: Mapping[str, str]) -> MemoryTier | None:
+        """The memory tier the supervisor keeps for this job (None: none); the client then
+        paces saves by the memory interval too, and each manifest gets the latest loss."""
+        if client.memory_dir is None:
+            return None
+        tier = cls(
+            client.memory_dir,
+            fraction=float(env.get(MEMORY_FRACTION_ENV, "") or 0.25),
+            run_id=client.run_id,
+            attempt=client.attempt,
+        )
+        tier.store.annotate = client.loss_meta
+        client.memory_tier = True
+        return tier
 
     def admits(self, saves: object, stateful: Sequence[Any]) -> bool:
         """Whether a snapshot of this state may go to memory (its size: the snapshot
