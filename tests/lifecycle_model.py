@@ -202,6 +202,12 @@ class LifecycleModel(RuleBasedStateMachine):
     def hang(self) -> None:
         self.feed(ev.HangDetected(self.now_s))
 
+    @precondition(lambda self: not self.core.terminal)
+    @rule()
+    def divergence(self) -> None:
+        """The loss went NaN or spiked: the trainer is killed without its save."""
+        self.feed(ev.DivergenceDetected(self.now_s))
+
     @rule(wait_s=st.sampled_from([0.0, 3.0]))
     def stacks_take(self, wait_s: float) -> None:
         self.stacks_wait_s = wait_s
@@ -246,7 +252,7 @@ class LifecycleModel(RuleBasedStateMachine):
             self.now_s = max(self.now_s, nxt)
         self.feed(ev.Tick(self.now_s))
 
-    @rule(late=st.sampled_from(["stop", "notice", "hang", "error", "tick"]))
+    @rule(late=st.sampled_from(["stop", "notice", "hang", "divergence", "error", "tick"]))
     def late_event(self, late: str) -> None:
         """Any event at any time, after the end too (where it must be a no-op)."""
         if late == "stop":
@@ -255,6 +261,8 @@ class LifecycleModel(RuleBasedStateMachine):
             self.notice(30.0, True)
         elif late == "hang":
             self.feed(ev.HangDetected(self.now_s))
+        elif late == "divergence":
+            self.feed(ev.DivergenceDetected(self.now_s))
         elif late == "error":
             self.feed(ev.InternalError("late bug", self.now_s))
         else:
