@@ -205,8 +205,16 @@ class LifecycleModel(RuleBasedStateMachine):
     @precondition(lambda self: not self.core.terminal)
     @rule()
     def divergence(self) -> None:
-        """The loss went NaN or spiked: the trainer is killed without its save."""
+        """The loss went NaN or spiked: the trainer is killed at once, without its save
+        (also during the grace of a stop signal: that save would keep the diverged state);
+        during a drain it is ignored (the drain's save is the one that matters)."""
+        draining = self.core.drain is not None
+        if self.alive is not None and not draining:
+            self.escalated.add(self.alive)
+        killed = dict(self.killed_at)
         self.feed(ev.DivergenceDetected(self.now_s))
+        if draining:
+            assert self.killed_at == killed, "a divergence killed the trainer during a drain"
 
     @rule(wait_s=st.sampled_from([0.0, 3.0]))
     def stacks_take(self, wait_s: float) -> None:
