@@ -20,7 +20,7 @@ class CoreSettings:
     kill_wait_s: float = 5.0
     started_after_s: float = 5.0
     drain_margin_s: float = 10.0
-    peer_exit_s: float = 10.0
+    peer_exit_s: float = 2.0
     chaos_enabled: bool = False
     chaos_min_s: float = 5.0
     chaos_max_s: float = 60.0

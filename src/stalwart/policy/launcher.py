@@ -106,10 +106,11 @@ class LauncherConfig(Section):
     PATH (systemd units get a minimal one)."""
     args: list[str] = []
     """Extra torchrun arguments (e.g. `--local-addr`, `--log-dir`), placed before the command."""
-    peer_exit_s: PositiveS = 10.0
+    peer_exit_s: PositiveS = 2.0
     """After a worker says it saved and left because another node drained the job
-    (PEER_DRAIN=1), how long this node's launcher may take to exit before it is stopped:
-    torchrun's agent otherwise waits up to 300 s at its exit barrier for the node that left."""
+    (PEER_DRAIN=1), how long this node's launcher may take to exit before it is killed:
+    torchrun's agent otherwise waits up to 300 s at its exit barrier for the node that left
+    (deaf to SIGTERM meanwhile), keeping the rendezvous store it may host alive."""
 
     @field_validator("rdzv_endpoint")
     @classmethod
