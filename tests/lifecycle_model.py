@@ -107,7 +107,10 @@ class LifecycleModel(RuleBasedStateMachine):
                 sent = self.stops_sent.setdefault(number, [])
                 assert not sent, f"attempt {number} got a second stop signal"
                 sent.append(self.now_s)
-                self._allow_kill(number, self.now_s + SETTINGS.grace_s)
+                # Without a drain of its own (a launcher left behind by a peer's drain, its
+                # workers gone) the kill may follow at once; any drain keeps its grace.
+                own_drain = self.core.drain is not None
+                self._allow_kill(number, self.now_s + (SETTINGS.grace_s if own_drain else 0.0))
             case ev.Kill(number=number):
                 assert number == self.alive
                 assert number not in self.killed_at, "killed twice"

@@ -344,16 +344,13 @@ class Lifecycle:
                 self._emit(InjectFault(attempt.number))
         elif what is Due.PEER_EXIT:
             if not attempt.stop_sent and not attempt.killed:
-                # SIGKILL, not the stop signal: torchrun's agent waits at its exit barrier in
-                # a blocking store call, where a SIGTERM is only acted on when the call
-                # returns (300 s), and the store it may host must go before the nodes meet
-                # again, or a relaunched agent joins the old round and fails with it.
                 logger.info(
                     "%s: the workers left after another node drained the job, but the launcher "
                     "is still waiting for that node (torchrun's exit barrier); killing it",
                     self.settings.name,
                 )
-                self._kill(now_s)
+                # No grace: deaf to SIGTERM there, its store must go (issue 21); a drain's stays.
+                self._send_stop(now_s, self.settings.grace_s if self.drain is not None else 0.0)
         elif what is Due.ESCALATE:
             if not attempt.stop_sent and not attempt.killed:
                 logger.warning(
