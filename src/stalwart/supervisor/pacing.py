@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from stalwart.checkpoint.tiers import tier_of
 from stalwart.clock import Clock
 from stalwart.journal import AttemptRecord, CheckpointRecord, IntervalRecord, Journal
 from stalwart.policy.estimators import ExposureRecord, SaveSample
@@ -52,8 +53,8 @@ def relaunch_evidence(
             or (after.run_id, after.attempt) != (before.run_id, before.attempt + 1)
         ):
             continue
-        intact = bool(after.resume_from) and Path(after.resume_from or "").is_relative_to(
-            memory_root
+        intact = (
+            bool(after.resume_from) and tier_of(after.resume_from or "", memory_root) == "memory"
         )
         found.append(TierFailureRecord(0.0, ExitKind(before.kind), memory_intact=intact))
     return found
@@ -95,32 +96,12 @@ class Pacer:
         self._on_memory_interval = on_memory_interval
         self.memory_interval_s: float | None = None
         if memory is not None:
-            self.memory_model = IntervalModel.from_history(
-                memory,
-                saves=[
-                    SaveSample(_duration(c.stall_s), _duration(c.persist_s))
-                    for c in saves
-                    if c.source == MEMORY_SOURCE
-                ],
-                restarts_s=[r for a in attempts if (r := _duration(a.ready_s)) is not None],
-                exposures=[
-                    ExposureRecord(_duration(a.uptime_s) or 0.0, self._route(a.kind)[0])
-                    for a in attempts
-                ],
-            )
-            self._memory_decide(0.0)
-        self.model = IntervalModel.from_history(
+            self.memory_model = self._rebuilt(memory, saves, attempts, tier=0)
+        self.model = self._rebuilt(
             config,
-            saves=[
-                SaveSample(_duration(c.stall_s), _duration(c.persist_s))
-                for c in saves
-                if c.source != MEMORY_SOURCE
-            ],
-            restarts_s=[r for a in attempts if (r := _duration(a.ready_s)) is not None],
-            exposures=[
-                ExposureRecord(_duration(a.uptime_s) or 0.0, self._route(a.kind)[1])
-                for a in attempts
-            ],
+            saves,
+            attempts,
+            tier=1,
             previous_interval_s=decisions[-1].interval_s if decisions else None,
         )
         self.decision = self.model.decide()
@@ -130,10 +111,38 @@ class Pacer:
                 name,
                 self.decision.interval_s,
                 len(attempts),
-                len(journal.checkpoints(name)),
+                len(saves),
                 self.decision.reason,
             )
         self._record(self.decision, force=not decisions)
+        self._memory_decide(0.0)
+
+    def _rebuilt(
+        self,
+        config: IntervalConfig,
+        saves: Sequence[CheckpointRecord],
+        attempts: Sequence[AttemptRecord],
+        *,
+        tier: int,
+        previous_interval_s: float | None = None,
+    ) -> IntervalModel:
+        """One tier's model as if it had seen the journal: its own saves, every restart and
+        exposure, and the failures routed to it (`tier` 0: memory, 1: durable)."""
+        in_memory = tier == 0
+        return IntervalModel.from_history(
+            config,
+            saves=[
+                SaveSample(_duration(c.stall_s), _duration(c.persist_s))
+                for c in saves
+                if (c.source == MEMORY_SOURCE) == in_memory
+            ],
+            restarts_s=[r for a in attempts if (r := _duration(a.ready_s)) is not None],
+            exposures=[
+                ExposureRecord(_duration(a.uptime_s) or 0.0, self._route(a.kind)[tier])
+                for a in attempts
+            ],
+            previous_interval_s=previous_interval_s,
+        )
 
     @property
     def interval_s(self) -> float:
@@ -269,9 +278,7 @@ class Pacer:
         if self.memory_model is None:
             return
         decision = self.memory_model.decide(running_exposure_s)
-        interval_s = decision.interval_s
-        if hasattr(self, "decision"):
-            interval_s = min(interval_s, self.decision.interval_s)
+        interval_s = min(decision.interval_s, self.decision.interval_s)
         if interval_s != self.memory_interval_s:
             if decision.changed or self.memory_interval_s is None:
                 logger.info("memory-tier interval %.2f s (%s)", interval_s, decision.reason)
